@@ -1,0 +1,65 @@
+"""``create_app``: the HTTP server around a ``Pool``.
+
+The lifespan owns the pool: it starts loading the active model in the background (the server
+answers at once; requests wait for the model), and stops every worker on shutdown. Each dialect's
+router is mounted at the root (the active model) and under ``/m/{model_name}`` (that model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from warren import __version__
+from warren.api.deps import get_pool
+from warren.api.errors import install_error_handlers
+from warren.api.kobold.routes import router as kobold_router
+from warren.api.limits import BodyLimit, JsonBodies
+from warren.api.openai.routes import router as openai_router
+from warren.pool.pool import Pool
+
+status_router = APIRouter()
+
+
+@status_router.get("/api/pool")
+async def pool_status(pool: Pool = Depends(get_pool)) -> dict[str, Any]:
+    """Every instance with its state, handle, worker pid, load progress, queue and last exit."""
+    return pool.status()
+
+
+@status_router.get("/ping")
+async def ping() -> dict[str, str]:
+    return {"status": "healthy"}
+
+
+def create_app(pool: Pool, *, preload: bool = True) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(pool.start(), name="preload") if preload else None
+        try:
+            yield
+        finally:
+            if loading is not None and not loading.done():
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
+            await pool.stop()
+
+    app = FastAPI(title="warren", version=__version__, lifespan=lifespan,
+                  description="A local LLM server for GGUF models: KoboldCpp, OpenAI dialects.")
+    app.state.pool = pool
+    install_error_handlers(app)
+    for router in (kobold_router, openai_router, status_router):
+        app.include_router(router)
+        if router is not status_router:
+            app.include_router(router, prefix="/m/{model_name}")
+    # KoboldCpp answers every origin (browser UIs such as KoboldAI Lite are served from elsewhere).
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(JsonBodies)
+    app.add_middleware(BodyLimit, max_bytes=pool.server.max_request_bytes)
+    return app

@@ -1,0 +1,118 @@
+"""Errors as each dialect shows them: the one place a ``WarrenError`` becomes a response body.
+
+- KoboldCpp: ``{"detail": {"msg": …, "type": …}}`` (its own shape; 401 adds ``"error": "Unauthorized"``).
+- OpenAI: ``{"error": {"message": …, "type": …, "param": null, "code": …}}``.
+
+The dialect is chosen by the route (``/v1/…`` is OpenAI, the rest KoboldCpp), after stripping the
+per-model prefix ``/m/{name}``. Unexpected exceptions become a 500 with a request id and a generic
+message; the traceback goes to the log only.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from warren.errors import Busy, InvalidRequest, NotFound, Unauthorized, WarrenError
+
+log = logging.getLogger(__name__)
+
+
+class Dialect(enum.Enum):
+    KOBOLD = "kobold"
+    OPENAI = "openai"
+
+
+def strip_model_prefix(path: str) -> str:
+    if path.startswith("/m/"):
+        rest = path[3:].split("/", 1)
+        return "/" + rest[1] if len(rest) > 1 else "/"
+    return path
+
+
+def dialect_of(path: str) -> Dialect:
+    path = strip_model_prefix(path)
+    return Dialect.OPENAI if path == "/v1" or path.startswith("/v1/") else Dialect.KOBOLD
+
+
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+                410: "invalid_request_error", 413: "invalid_request_error", 503: "server_error", 502: "server_error"}
+
+
+def error_body(dialect: Dialect, exc: WarrenError) -> dict[str, Any]:
+    if dialect is Dialect.OPENAI:
+        return {"error": {"message": exc.message, "type": OPENAI_TYPES.get(exc.http_status, "server_error"),
+                          "param": exc.details.get("param"), "code": exc.code}}
+    detail: dict[str, Any] = {"msg": exc.message, "type": exc.code}
+    if isinstance(exc, Unauthorized):
+        detail = {"error": "Unauthorized", "msg": exc.message, "type": "unauthorized"}
+    elif isinstance(exc, Busy):
+        detail["type"] = "service_unavailable"
+    elif isinstance(exc, InvalidRequest):
+        detail["type"] = "bad_input"
+    return {"detail": detail}
+
+
+def error_response(request: Request, exc: WarrenError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, Busy):
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(dialect_of(request.url.path), exc), status_code=exc.http_status,
+                        headers=headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        if e.get("type") == "json_invalid":
+            return "the request body is not valid JSON"
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_warren(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, WarrenError)
+        if exc.http_status >= 500:
+            log.warning("request failed path=%s error=%s", request.url.path, exc.message)
+        return error_response(request, exc)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        param = ".".join(str(x) for x in errors[0].get("loc", ()) if x != "body") if errors else None
+        return error_response(request, InvalidRequest(_describe_validation(exc), param=param or None))
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            err: WarrenError = NotFound(f"no such endpoint: {request.method} {request.url.path}",
+                                        hint="see docs/api-compat.md for the routes warren serves")
+        elif exc.status_code == 405:
+            err = NotFound(f"{request.url.path} does not accept {request.method}")
+            err.http_status = 405  # type: ignore[misc]
+        else:
+            err = InvalidRequest(str(exc.detail))
+            err.http_status = exc.status_code  # type: ignore[misc]
+        return error_response(request, err)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("unexpected error request_id=%s path=%s", request_id, request.url.path)
+        err = WarrenError(f"internal error (request id {request_id}); the server log has the details")
+        return error_response(request, err)
+
+    app.add_exception_handler(WarrenError, on_warren)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

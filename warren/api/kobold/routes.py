@@ -1,0 +1,175 @@
+"""KoboldCpp's API: ``/api/v1/*`` (KoboldAI United, also as ``/api/latest/*``) and ``/api/extra/*``.
+
+Shapes are KoboldCpp's (``shared/reference/koboldcpp.md`` §3): the same paths, fields and SSE format,
+so KoboldAI Lite, SillyTavern and scripts written for KoboldCpp work unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from warren import __version__
+from warren.api import sse
+from warren.api.deps import bearer_ok, get_instance, get_pool, require_api_key
+from warren.api.errors import Dialect, error_body
+from warren.api.kobold.schemas import DetokenizeRequest, GenerateRequest, GenKeyRequest, TokenizeRequest
+from warren.api.kobold.translate import finish_reason, to_params
+from warren.api.streaming import Item, start_generation, stream_events
+from warren.errors import WarrenError
+from warren.params import GenerationResult
+from warren.pool.instance import ModelInstance
+from warren.pool.pool import Pool
+
+KOBOLD_API_VERSION = "1.2.5"  # the KoboldAI United API version KoboldCpp reports
+KOBOLDCPP_VERSION = "1.102"  # the KoboldCpp release whose API warren follows
+
+router = APIRouter()
+protected = [Depends(require_api_key)]
+
+
+def _both(path: str) -> list[str]:
+    return [f"/api/v1{path}", f"/api/latest{path}"]
+
+
+def _get(paths: list[str], **kw: Any):  # type: ignore[no-untyped-def]
+    def deco(fn):  # type: ignore[no-untyped-def]
+        for p in paths:
+            router.add_api_route(p, fn, methods=["GET"], **kw)
+        return fn
+    return deco
+
+
+def _post(paths: list[str], **kw: Any):  # type: ignore[no-untyped-def]
+    def deco(fn):  # type: ignore[no-untyped-def]
+        for p in paths:
+            router.add_api_route(p, fn, methods=["POST"], **kw)
+        return fn
+    return deco
+
+
+# -- information ---------------------------------------------------------------------------------------
+@_get(_both("/model"))
+async def model_name(request: Request, instance: ModelInstance = Depends(get_instance)) -> dict[str, str]:
+    if not bearer_ok(request, get_pool(request).server.password):
+        return {"result": "koboldcpp/protected-model"}
+    return {"result": f"koboldcpp/{instance.name}"}
+
+
+@_get(_both("/info/version"))
+async def api_version() -> dict[str, str]:
+    return {"result": KOBOLD_API_VERSION}
+
+
+@_get(["/api/extra/version"])
+async def extra_version(pool: Pool = Depends(get_pool)) -> dict[str, Any]:
+    s = pool.server
+    admin = 0 if not (s.admin and s.admin_dir) else (2 if s.admin_password else 1)
+    return {"result": "KoboldCpp", "version": KOBOLDCPP_VERSION, "warren": __version__,
+            "protected": bool(s.password), "llm": pool.active is not None, "txt2img": False, "vision": False,
+            "audio": False, "transcribe": False, "multiplayer": False, "websearch": False, "tts": False,
+            "embeddings": False, "savedata": False, "admin": admin, "guidance": False, "jinja": True}
+
+
+@_get(["/api/extra/true_max_context_length"] + _both("/config/max_context_length"))
+async def max_context(instance: ModelInstance = Depends(get_instance)) -> dict[str, int]:
+    return {"value": instance.context_size}
+
+
+@_get(_both("/config/max_length"))
+async def max_length(pool: Pool = Depends(get_pool)) -> dict[str, int]:
+    return {"value": pool.server.default_gen_amount}
+
+
+@_get(_both("/config/soft_prompt"))
+async def soft_prompt() -> dict[str, str]:
+    return {"value": ""}
+
+
+@_get(_both("/config/soft_prompts_list"))
+async def soft_prompts() -> dict[str, list[str]]:
+    return {"values": []}
+
+
+@_get(["/api/extra/perf"])
+async def perf(request: Request, instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
+    p = instance.perf
+    now = time.monotonic()
+    return {
+        "last_process": p.last_process_seconds * 1000 / max(p.last_input_count, 1),
+        "last_eval": p.last_eval_seconds * 1000 / max(p.last_token_count, 1),
+        "last_token_count": p.last_token_count, "last_input_count": p.last_input_count,
+        "last_process_time": p.last_process_seconds, "last_eval_time": p.last_eval_seconds,
+        "last_process_speed": p.last_input_count / p.last_process_seconds if p.last_process_seconds else 0,
+        "last_eval_speed": p.last_token_count / p.last_eval_seconds if p.last_eval_seconds else 0,
+        "last_seed": p.last_seed, "last_draft_success": 0, "last_draft_failed": 0, "total_gens": p.total_gens,
+        "stop_reason": p.stop_reason, "total_img_gens": 0, "total_tts_gens": 0, "total_transcribe_gens": 0,
+        "queue": instance.queued, "idle": 0 if instance.busy else 1, "hordeexitcounter": 0,
+        "uptime": now - instance.created, "idletime": (now - instance.last_used) if instance.last_used else 0.0,
+        "quiet": get_pool(request).server.quiet,
+    }
+
+
+# -- generation ----------------------------------------------------------------------------------------
+def _result_body(r: GenerationResult) -> dict[str, Any]:
+    return {"results": [{"text": r.text, "finish_reason": finish_reason(r.finish_reason), "tool_calls": [],
+                         "logprobs": None, "prompt_tokens": r.prompt_tokens,
+                         "completion_tokens": r.completion_tokens}]}
+
+
+@_post(_both("/generate"), dependencies=protected)
+async def generate(body: GenerateRequest, request: Request,
+                   instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
+    await instance.ensure_ready()
+    params = to_params(body, get_pool(request).server, instance.context_size)
+    return _result_body(await instance.complete(params, genkey=body.genkey))
+
+
+@_post(["/api/extra/generate/stream"], dependencies=protected)
+async def generate_stream(body: GenerateRequest, request: Request,
+                          instance: ModelInstance = Depends(get_instance)) -> StreamingResponse:
+    await instance.ensure_ready()
+    params = to_params(body, get_pool(request).server, instance.context_size)
+    first, rest = await start_generation(instance, params, stream=True, genkey=body.genkey)
+
+    def on_item(item: Item) -> list[bytes]:
+        if isinstance(item, str):
+            return [sse.event({"token": item, "finish_reason": None}, "message")]
+        return [sse.event({"token": "", "finish_reason": finish_reason(item.finish_reason)}, "message")]
+
+    def on_error(exc: WarrenError) -> list[bytes]:
+        return [sse.event(error_body(Dialect.KOBOLD, exc), "error")]
+
+    return StreamingResponse(stream_events(first, rest, on_item, on_error), media_type="text/event-stream",
+                             headers=sse.SSE_HEADERS)
+
+
+@_post(["/api/extra/generate/check"], dependencies=protected)
+async def check_post(body: GenKeyRequest, instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
+    return {"results": [{"text": instance.partial_text(body.genkey)}]}
+
+
+@_get(["/api/extra/generate/check"], dependencies=protected)
+async def check_get(instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
+    return {"results": [{"text": instance.partial_text("")}]}
+
+
+@_post(["/api/extra/abort"], dependencies=protected)
+async def abort(body: GenKeyRequest, instance: ModelInstance = Depends(get_instance)) -> dict[str, str]:
+    success, done = instance.abort(body.genkey)
+    return {"success": str(success).lower(), "done": str(done).lower()}  # KoboldCpp sends strings
+
+
+# -- tokens --------------------------------------------------------------------------------------------
+@_post(["/api/extra/tokencount", "/api/extra/tokenize"], dependencies=protected)
+async def tokenize(body: TokenizeRequest, instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
+    ids = await instance.tokenize(body.prompt, body.special)
+    return {"value": len(ids), "ids": ids}
+
+
+@_post(["/api/extra/detokenize"], dependencies=protected)
+async def detokenize(body: DetokenizeRequest, instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
+    return {"result": await instance.detokenize(body.ids), "success": True}

@@ -1,0 +1,55 @@
+"""KoboldCpp request -> ``GenerationParams``, and results -> KoboldCpp response fields.
+
+The numbers follow KoboldCpp's ``generate()``: ``max_length`` defaults to ``--defaultgenamt`` and is
+capped by ``--genlimit``; ``max_context_length`` is clamped to the loaded context; a generation that
+would leave too little room for the prompt is cut to ``ctx - max(min(ctx-4, 16), ctx/5)``; an
+over-long prompt loses its oldest tokens.
+"""
+
+from __future__ import annotations
+
+from warren.api.kobold.schemas import GenerateRequest
+from warren.params import FinishReason, GenerationParams
+from warren.settings import ServerSettings
+
+LOGIT_BIAS_LIMIT = 100.0  # KoboldCpp clamps biases to [-100, 100]
+
+
+def to_params(req: GenerateRequest, server: ServerSettings, n_ctx: int) -> GenerationParams:
+    ctx = min(req.max_context_length or n_ctx, n_ctx)
+    max_length = req.max_length or server.default_gen_amount
+    if server.gen_limit > 0:
+        max_length = min(max_length, server.gen_limit)
+    hard = max(min(ctx - 4, 16), int(ctx * 0.2))
+    if max_length >= ctx - hard:
+        max_length = max(1, ctx - hard)
+    rep_pen = max(req.rep_pen, req.repeat_penalty or 0.0, req.repetition_penalty or 0.0)
+    return GenerationParams(
+        prompt=req.memory + req.prompt,
+        max_tokens=max_length,
+        temperature=req.temperature,
+        top_k=req.top_k,
+        top_p=req.top_p,
+        min_p=req.min_p,
+        typical_p=req.typical,
+        repeat_penalty=rep_pen,
+        repeat_last_n=ctx if req.rep_pen_range < 0 else req.rep_pen_range,
+        presence_penalty=req.presence_penalty,
+        mirostat=req.mirostat,
+        mirostat_tau=req.mirostat_tau,
+        mirostat_eta=req.mirostat_eta,
+        seed=req.sampler_seed,
+        stop=tuple(req.stop_sequence),
+        trim_stop=req.trim_stop,
+        ban_eos=req.ban_eos_token or req.use_default_badwordsids,
+        grammar=req.grammar,
+        banned_strings=tuple(req.banned_tokens + req.banned_strings),
+        logit_bias={int(k): max(-LOGIT_BIAS_LIMIT, min(LOGIT_BIAS_LIMIT, v)) for k, v in req.logit_bias.items()},
+        context_limit=ctx,
+        truncate_prompt=True,
+    )
+
+
+def finish_reason(reason: FinishReason) -> str:
+    """KoboldCpp says "stop" only for the end-of-sequence token; stop strings and length are "length"."""
+    return "stop" if reason is FinishReason.STOP else "length"

@@ -1,0 +1,105 @@
+"""OpenAI's API: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``.
+
+Streaming is SSE of ``data: {chunk}`` lines ending with ``data: [DONE]``; a failure mid-stream is sent
+as ``data: {"error": {...}}`` (the official clients raise it as an APIError) and the stream ends.
+The ``model`` field routes the request: it must name a model the server has (404 otherwise).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from warren.api import sse
+from warren.api.deps import get_pool, model_from_path, require_api_key
+from warren.api.errors import Dialect, error_body
+from warren.api.openai import translate
+from warren.api.openai.schemas import ChatRequest, CompletionRequest
+from warren.api.streaming import Item, start_generation, stream_events
+from warren.errors import WarrenError
+from warren.params import GenerationParams, GenerationResult
+from warren.pool.instance import ModelInstance
+from warren.pool.pool import Pool
+
+router = APIRouter()
+protected = [Depends(require_api_key)]
+
+
+def _instance(request: Request, model: str | None) -> ModelInstance:
+    """``/m/{name}`` wins; otherwise the body's ``model``; otherwise the active model."""
+    return get_pool(request).get(model_from_path(request) or model)
+
+
+@router.get("/v1/models")
+async def list_models(pool: Pool = Depends(get_pool)) -> dict[str, Any]:
+    now = int(time.time())
+    return {"object": "list", "data": [
+        {"id": i.name, "object": "model", "created": now, "owned_by": "warren", "state": i.status()["state"]}
+        for i in pool.instances.values()]}
+
+
+def _stream(instance: ModelInstance, first: Item, rest: Any, chat: bool, include_usage: bool) -> StreamingResponse:
+    chunk_id = translate.new_id("chatcmpl" if chat else "cmpl")
+    created = int(time.time())
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choice: dict[str, Any], **extra: Any) -> bytes:
+        return sse.event({"id": chunk_id, "object": obj, "created": created, "model": instance.name,
+                          "choices": [choice] if choice else [], **extra})
+
+    def on_item(item: Item) -> list[bytes]:
+        if isinstance(item, str):
+            if chat:
+                return [chunk({"index": 0, "delta": {"content": item}, "logprobs": None, "finish_reason": None})]
+            return [chunk({"index": 0, "text": item, "logprobs": None, "finish_reason": None})]
+        assert isinstance(item, GenerationResult)
+        reason = translate.finish_reason(item.finish_reason)
+        end = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason} if chat else \
+            {"index": 0, "text": "", "logprobs": None, "finish_reason": reason}
+        out = [chunk(end)]
+        if include_usage:
+            out.append(chunk({}, usage=translate.usage(item)))
+        return out + [sse.event("[DONE]")]
+
+    def on_error(exc: WarrenError) -> list[bytes]:
+        return [sse.event(error_body(Dialect.OPENAI, exc))]
+
+    async def body() -> Any:
+        if chat:
+            yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                         "finish_reason": None})
+        async for part in stream_events(first, rest, on_item, on_error):
+            yield part
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=sse.SSE_HEADERS)
+
+
+async def _run(instance: ModelInstance, params: GenerationParams, stream: bool, chat: bool,
+               include_usage: bool, echo: str = "") -> Any:
+    if stream:
+        first, rest = await start_generation(instance, params, stream=True)
+        return _stream(instance, first, rest, chat, include_usage)
+    result = await instance.complete(params)
+    return translate.chat_body(result, instance.name) if chat else \
+        translate.completion_body(result, instance.name, echo)
+
+
+@router.post("/v1/completions", dependencies=protected)
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    instance = _instance(request, body.model)
+    await instance.ensure_ready()
+    params = translate.completion_params(body, get_pool(request).server)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _run(instance, params, body.stream, False, include_usage, params.prompt if body.echo else "")
+
+
+@router.post("/v1/chat/completions", dependencies=protected)
+async def chat_completions(body: ChatRequest, request: Request) -> Any:
+    instance = _instance(request, body.model)
+    await instance.ensure_ready()
+    params = translate.chat_params(body, get_pool(request).server, instance.model_info)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _run(instance, params, body.stream, True, include_usage)

@@ -1,0 +1,103 @@
+"""OpenAI requests -> ``GenerationParams``; results -> OpenAI response objects.
+
+As KoboldCpp does: a missing or zero ``max_tokens`` means ``--defaultgenamt``; ``seed`` maps to the
+sampler seed. Unlike KoboldCpp, a prompt that does not fit the context is refused
+(``context_length_exceeded``) instead of silently losing its start, because OpenAI clients count on it.
+``response_format: {"type": "json_object"}`` constrains the output with a JSON grammar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from typing import Any
+
+from warren.api.chat_template import render_chat
+from warren.api.openai.schemas import ChatRequest, CompletionRequest, Sampling
+from warren.errors import InvalidRequest
+from warren.params import FinishReason, GenerationParams, GenerationResult
+from warren.settings import ServerSettings
+
+# A small GBNF for "any JSON object" (response_format json_object).
+JSON_OBJECT_GBNF = r"""
+root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null") ws
+object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
+array  ::= "[" ws ( value ("," ws value)* )? "]" ws
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt/] | "u" [0-9a-fA-F]{4}) )* "\"" ws
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
+ws     ::= | " " | "\n" [ \t]{0,20}
+"""
+
+
+def _common(req: Sampling, server: ServerSettings, prompt: str, max_tokens: int | None) -> GenerationParams:
+    n = max_tokens or server.default_gen_amount
+    if server.gen_limit > 0:
+        n = min(n, server.gen_limit)
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    return GenerationParams(
+        prompt=prompt,
+        max_tokens=n,
+        temperature=req.temperature,
+        top_k=req.top_k,
+        top_p=req.top_p,
+        min_p=req.min_p,
+        repeat_penalty=req.repeat_penalty,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        seed=req.seed if req.seed is not None else -1,
+        stop=stop,
+        logit_bias={int(k): v for k, v in (req.logit_bias or {}).items()},
+        grammar=req.grammar or "",
+    )
+
+
+def completion_params(req: CompletionRequest, server: ServerSettings) -> GenerationParams:
+    prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
+    return _common(req, server, prompt, req.max_tokens)
+
+
+def chat_params(req: ChatRequest, server: ServerSettings, model_info: dict[str, Any]) -> GenerationParams:
+    try:
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="messages") from None
+    prompt = render_chat(model_info.get("chat_template"), messages, bos_token=model_info.get("bos_token", ""),
+                         eos_token=model_info.get("eos_token", ""))
+    params = _common(req, server, prompt, req.max_completion_tokens or req.max_tokens)
+    kind = (req.response_format or {}).get("type", "text")
+    if kind == "json_object" and not params.grammar:
+        params = dataclasses.replace(params, grammar=JSON_OBJECT_GBNF)
+    elif kind not in ("text", "json_object"):
+        raise InvalidRequest(f"response_format type {kind!r} is not supported (use 'text' or 'json_object')",
+                             param="response_format")
+    return params
+
+
+def finish_reason(reason: FinishReason) -> str:
+    return "length" if reason in (FinishReason.LENGTH, FinishReason.ABORT) else "stop"
+
+
+def usage(r: GenerationResult) -> dict[str, int]:
+    return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "total_tokens": r.prompt_tokens + r.completion_tokens}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def completion_body(r: GenerationResult, model: str, echo_prompt: str = "") -> dict[str, Any]:
+    return {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"text": echo_prompt + r.text, "index": 0, "logprobs": None,
+                         "finish_reason": finish_reason(r.finish_reason)}],
+            "usage": usage(r)}
+
+
+def chat_body(r: GenerationResult, model: str) -> dict[str, Any]:
+    return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
+                         "logprobs": None, "finish_reason": finish_reason(r.finish_reason)}],
+            "usage": usage(r)}

@@ -1,0 +1,156 @@
+"""warren's one exception hierarchy.
+
+Every failure a client, an operator or a worker can cause is one of these classes. Each dialect maps
+the tree once, at its boundary (``warren/api/errors.py``), to its own error body; the CLI maps it to
+``error: …`` + a hint + exit status 2. Nothing else turns exceptions into responses.
+
+::
+
+    WarrenError                      status  meaning
+    ├── InvalidRequest                 400   a request field is wrong (range, type, grammar …)
+    │   └── PromptTooLong              400   the prompt does not fit the context window
+    ├── Unauthorized                   401   missing or wrong Bearer key
+    ├── NotFound                       404   unknown route or resource
+    │   └── ModelNotFound              404   no catalog entry with that name
+    ├── HandleGone                     410   the instance a handle named was unloaded
+    ├── Busy                           503   the model's queue is full (KoboldCpp --multiuser)
+    ├── ConfigError                     —    a flag, config file or model file breaks a rule
+    │   └── ModelFileError              —    the GGUF file itself is missing, unreadable or malformed
+    └── WorkerError                    503   the worker process could not serve
+        ├── WorkerClosed               503   we stopped it (unload, swap, shutdown): retry is fine
+        ├── WorkerCrashed              502   it died under us (signal or exit code)
+        └── WorkerLoadFailed           502   it could not load the model
+
+Errors cross the worker boundary as tagged frames (``to_wire`` / ``from_wire``). The registry that
+rebuilds them is derived from the subclasses themselves, so adding a class needs no table edit.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from typing import Any, ClassVar
+
+
+class WarrenError(Exception):
+    """Base of every error warren raises on purpose.
+
+    ``message`` is safe to show to a client: it names what went wrong and, where it helps, what to do.
+    ``hint`` is a second line for humans (CLI and logs).
+    """
+
+    http_status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    _registry: ClassVar[dict[str, type[WarrenError]]] = {}
+
+    def __init__(self, message: str, *, hint: str = "", **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = details
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        WarrenError._registry[cls.__name__] = cls
+
+    def to_wire(self) -> dict[str, Any]:
+        """The error as a plain dict for an IPC frame."""
+        return {"kind": type(self).__name__, "message": self.message, "hint": self.hint, "details": self.details}
+
+    @staticmethod
+    def from_wire(data: dict[str, Any]) -> WarrenError:
+        """Rebuild an error sent by ``to_wire``; an unknown kind becomes a plain ``WarrenError``."""
+        cls = WarrenError._registry.get(str(data.get("kind")), WarrenError)
+        err = cls.__new__(cls)
+        WarrenError.__init__(err, str(data.get("message", "")), hint=str(data.get("hint", "")),
+                             **dict(data.get("details") or {}))
+        return err
+
+
+class InvalidRequest(WarrenError):
+    http_status = 400
+    code = "invalid_request"
+
+
+class PromptTooLong(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class Unauthorized(WarrenError):
+    http_status = 401
+    code = "unauthorized"
+
+
+class NotFound(WarrenError):
+    http_status = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class HandleGone(WarrenError):
+    http_status = 410
+    code = "handle_gone"
+
+
+class Busy(WarrenError):
+    """The model's queue is full. ``retry_after`` (seconds) becomes the Retry-After header."""
+
+    http_status = 503
+    code = "busy"
+
+    def __init__(self, message: str = "Server is busy; please try again later.", *, retry_after: int = 1,
+                 **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+
+    @property
+    def retry_after(self) -> int:
+        return int(self.details.get("retry_after", 1))
+
+
+class ConfigError(WarrenError):
+    """A start-up or load-time rule was broken. The CLI prints it and exits 2; the API answers 4xx."""
+
+    http_status = 400
+    code = "invalid_config"
+
+
+class ModelFileError(ConfigError):
+    code = "invalid_model_file"
+
+
+class WorkerError(WarrenError):
+    http_status = 503
+    code = "worker_unavailable"
+
+
+class WorkerClosed(WorkerError):
+    """We stopped the worker on purpose (unload, swap, shutdown); a retry will get a fresh one."""
+
+    code = "worker_closed"
+
+
+class WorkerCrashed(WorkerError):
+    """The worker died under us. ``describe_exit`` words the exit the same way everywhere."""
+
+    http_status = 502
+    code = "worker_crashed"
+
+
+class WorkerLoadFailed(WorkerError):
+    http_status = 502
+    code = "worker_load_failed"
+
+
+def describe_exit(returncode: int | None) -> str:
+    """Word a process exit for humans: ``killed by SIGKILL`` or ``exited with status 3``."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            name = _signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exited with status {returncode}"

@@ -1,0 +1,73 @@
+"""``GenerationParams``: the one internal request shape every dialect translates into.
+
+KoboldCpp, OpenAI and Ollama requests each have a ``translate.py`` that turns their fields into this
+value; the worker reads nothing else. Range checks happen at the edge (the dialect's pydantic
+schema gives the client a 4xx); by the time a value is here it is valid, so the worker trusts it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"  # end-of-sequence token
+    STOP_SEQUENCE = "stop_sequence"  # one of the request's stop strings
+    LENGTH = "length"  # max tokens or context full
+    ABORT = "abort"  # cancelled (KoboldCpp abort, client gone)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    prompt: str
+    max_tokens: int = 768
+    temperature: float = 0.75
+    top_k: int = 100
+    top_p: float = 0.92
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 320
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    seed: int = -1  # -1: a random seed, reported back in Done.seed
+    stop: tuple[str, ...] = ()
+    trim_stop: bool = True  # cut the stop string from the text (KoboldCpp's trim_stop)
+    ban_eos: bool = False
+    grammar: str = ""  # GBNF
+    banned_strings: tuple[str, ...] = ()
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    add_bos: bool = True  # prepend BOS when the model's tokenizer asks for it
+    context_limit: int = 0  # 0: the model's context; KoboldCpp's max_context_length can lower it
+    truncate_prompt: bool = False  # KoboldCpp drops the oldest prompt tokens; OpenAI refuses instead
+
+    def as_wire(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stop"] = list(self.stop)
+        data["banned_strings"] = list(self.banned_strings)
+        return data
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> GenerationParams:
+        return cls(**{
+            **data,
+            "stop": tuple(data.get("stop", ())),
+            "banned_strings": tuple(data.get("banned_strings", ())),
+            "logit_bias": {int(k): float(v) for k, v in (data.get("logit_bias") or {}).items()},
+        })
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_seconds: float
+    generation_seconds: float
+    seed: int

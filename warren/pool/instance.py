@@ -1,0 +1,280 @@
+"""One model instance: a catalog entry, its current worker, its request queue and its statistics.
+
+The instance is what every dialect talks to. It hides the worker's life from them:
+
+- **On demand**: the first request (or ``ensure_ready``) starts the worker; concurrent callers share
+  that one start. After a crash the next request starts a fresh worker; the crash stays visible in
+  ``last_exit``, ``restarts`` and the state.
+- **One generation at a time**, KoboldCpp ``--multiuser`` semantics: up to ``queue_limit`` requests
+  wait behind the running one, more get ``Busy`` (503).
+- **genkey**: KoboldCpp clients poll partial text (``/api/extra/generate/check``) and abort their own
+  generation by key; an abort for a queued key is remembered and that request returns empty text.
+
+The pool issue builds admission, eviction and keep-alive around this class; its shape (state,
+handle generation, memory, in-flight count, last use) is what the pool policy needs to see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from warren.errors import Busy, WarrenError, WorkerCrashed
+from warren.params import FinishReason, GenerationParams, GenerationResult
+from warren.settings import ModelSettings
+from warren.worker import protocol as p
+from warren.worker.handle import WorkerHandle
+
+log = logging.getLogger(__name__)
+
+
+class InstanceState(enum.StrEnum):
+    UNLOADED = "unloaded"
+    STARTING = "starting"
+    LOADING = "loading"
+    READY = "ready"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    CRASHED = "crashed"
+    LOAD_FAILED = "load_failed"
+
+
+@dataclass
+class Perf:
+    """KoboldCpp's /api/extra/perf figures for the last generation, plus counters."""
+
+    last_process_seconds: float = 0.0
+    last_eval_seconds: float = 0.0
+    last_input_count: int = 0
+    last_token_count: int = 0
+    last_seed: int = 0
+    stop_reason: int = -1  # KoboldCpp: -1 invalid, 0 out of tokens, 1 EOS, 2 custom stopper
+    total_gens: int = 0
+
+
+KOBOLD_STOP_REASON = {FinishReason.LENGTH: 0, FinishReason.STOP: 1, FinishReason.STOP_SEQUENCE: 2,
+                      FinishReason.ABORT: 0}
+
+
+class ModelInstance:
+    def __init__(self, settings: ModelSettings, *, queue_limit: int = 6, heartbeat: bool = True) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.queue_limit = queue_limit
+        self.heartbeat = heartbeat
+        self.handle: WorkerHandle | None = None
+        self.generation = 0  # bumps with every new worker: the handle is "name@generation"
+        self.state = InstanceState.UNLOADED
+        self.restarts = 0
+        self.last_exit = ""
+        self.last_error = ""
+        self.last_used = 0.0
+        self.perf = Perf()
+        self.created = time.monotonic()
+        self._starting: asyncio.Task[WorkerHandle] | None = None
+        self._slot = asyncio.Lock()
+        self._waiting = 0
+        self._running_key: str | None = None
+        self._partial: list[str] = []
+        self._pending_abort_key = ""
+        self._abort_current: asyncio.Event | None = None
+
+    # -- identity and status ------------------------------------------------------------------------
+    @property
+    def handle_id(self) -> str:
+        return f"{self.name}@{self.generation}"
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return self.handle.model_info if self.handle else {}
+
+    @property
+    def context_size(self) -> int:
+        return int(self.model_info.get("n_ctx") or self.settings.context_size)
+
+    @property
+    def busy(self) -> bool:
+        return self._slot.locked()
+
+    @property
+    def queued(self) -> int:
+        return self._waiting
+
+    def status(self) -> dict[str, Any]:
+        h = self.handle
+        return {
+            "name": self.name, "handle": self.handle_id if h else None, "state": self._current_state().value,
+            "pid": h.pid if h and h.alive else None, "progress": h.progress if h else 0.0,
+            "load_seconds": h.load_seconds if h else None, "in_flight": int(self.busy), "queued": self._waiting,
+            "restarts": self.restarts, "last_exit": self.last_exit or None, "last_error": self.last_error or None,
+            "context_size": self.context_size, "path": str(self.settings.path),
+        }
+
+    def _current_state(self) -> InstanceState:
+        if self.state is InstanceState.READY and self.busy:
+            return InstanceState.BUSY
+        return self.state
+
+    # -- worker lifecycle ---------------------------------------------------------------------------
+    async def ensure_ready(self) -> WorkerHandle:
+        """Return a loaded worker, starting one if needed; concurrent callers share one start."""
+        if self.handle is not None and self.handle.alive and self.state is InstanceState.READY:
+            return self.handle
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.create_task(self._start(), name=f"start-{self.name}")
+        return await asyncio.shield(self._starting)
+
+    async def _start(self) -> WorkerHandle:
+        if self.handle is not None:
+            self._record_exit(self.handle)
+            await self.handle.stop()
+        self.generation += 1
+        handle = WorkerHandle(self.settings, heartbeat=self.heartbeat)
+        self.handle = handle
+        self.state = InstanceState.STARTING
+        started = time.perf_counter()
+        try:
+            await handle.start()
+            self.state = InstanceState.LOADING
+            log.info("loading model=%s handle=%s pid=%s", self.name, self.handle_id, handle.pid)
+            await handle.load()
+        except WarrenError as exc:
+            self.state = InstanceState.CRASHED if isinstance(exc, WorkerCrashed) else InstanceState.LOAD_FAILED
+            self.last_error = exc.message
+            await handle.stop()
+            raise
+        self.state = InstanceState.READY
+        self.last_error = ""
+        log.info("model ready model=%s handle=%s pid=%s load_s=%.2f total_s=%.2f", self.name, self.handle_id,
+                 handle.pid, handle.load_seconds, time.perf_counter() - started)
+        return handle
+
+    def _record_exit(self, handle: WorkerHandle) -> None:
+        if handle.exit_error is not None and isinstance(handle.exit_error, WorkerCrashed):
+            self.restarts += 1
+            self.last_exit = handle.exit_error.message
+
+    async def stop(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WarrenError):
+                await self._starting
+        if self.handle is not None:
+            self.state = InstanceState.STOPPING
+            await self.handle.stop()
+        self.state = InstanceState.UNLOADED
+
+    def _note_crash(self, exc: WorkerCrashed) -> None:
+        self.state = InstanceState.CRASHED
+        self.last_exit = exc.message
+
+    # -- queueing (KoboldCpp --multiuser) -------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        if self._slot.locked() and self._waiting >= self.queue_limit:
+            raise Busy(model=self.name)
+        self._waiting += 1
+        try:
+            await self._slot.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._slot.release()
+
+    # -- generation ---------------------------------------------------------------------------------
+    async def generate(self, params: GenerationParams, *, stream: bool, genkey: str = ""
+                       ) -> AsyncIterator[str | GenerationResult]:
+        """Yield text pieces (when ``stream``) and finally the ``GenerationResult``."""
+        async with self._turn():
+            if genkey and genkey == self._pending_abort_key:
+                self._pending_abort_key = ""
+                yield GenerationResult("", FinishReason.ABORT, 0, 0, 0.0, 0.0, 0)
+                return
+            handle = await self.ensure_ready()
+            self._running_key = genkey
+            self._partial = []
+            self._abort_current = abort = asyncio.Event()
+            self.last_used = time.monotonic()
+            try:
+                async for item in self._run(handle, params, stream, abort):
+                    yield item
+            except WorkerCrashed as exc:
+                self._note_crash(exc)
+                raise
+            finally:
+                self._running_key = None
+                self._abort_current = None
+                self.last_used = time.monotonic()
+
+    async def _run(self, handle: WorkerHandle, params: GenerationParams, stream: bool,
+                   abort: asyncio.Event) -> AsyncIterator[str | GenerationResult]:
+        frames = handle.generate(params, stream, abort)
+        try:
+            async for frame in frames:
+                if isinstance(frame, p.Token):
+                    self._partial.append(frame.text)
+                    if stream:
+                        yield frame.text
+                else:
+                    result = GenerationResult(frame.text, FinishReason(frame.finish_reason), frame.prompt_tokens,
+                                              frame.completion_tokens, frame.prompt_seconds,
+                                              frame.generation_seconds, frame.seed)
+                    self._record_perf(result)
+                    yield result
+        finally:
+            await frames.aclose()
+
+    def _record_perf(self, r: GenerationResult) -> None:
+        self.perf = Perf(r.prompt_seconds, r.generation_seconds, r.prompt_tokens, r.completion_tokens, r.seed,
+                         KOBOLD_STOP_REASON[r.finish_reason], self.perf.total_gens + 1)
+
+    async def complete(self, params: GenerationParams, genkey: str = "") -> GenerationResult:
+        result: GenerationResult | None = None
+        async for item in self.generate(params, stream=False, genkey=genkey):
+            if isinstance(item, GenerationResult):
+                result = item
+        assert result is not None
+        return result
+
+    # -- genkey: polling and abort ------------------------------------------------------------------
+    def partial_text(self, genkey: str = "") -> str:
+        """KoboldCpp generate/check: the running text, shown only to its owner (or to anyone when no
+        key is in use and nobody waits: "avoid leaking prompts in multiuser")."""
+        if self._running_key is None:
+            return ""
+        if genkey and genkey == self._running_key:
+            return "".join(self._partial)
+        if not genkey and not self._running_key and self._waiting == 0:
+            return "".join(self._partial)
+        return ""
+
+    def abort(self, genkey: str = "") -> tuple[bool, bool]:
+        """KoboldCpp abort: (success, done). Aborts the running generation when the key matches (or no
+        key is used and nobody waits); remembers a key that is still queued."""
+        running = self._running_key is not None and self._abort_current is not None
+        if running and ((not genkey and self._waiting == 0) or genkey == self._running_key):
+            assert self._abort_current is not None
+            self._abort_current.set()
+            return True, True
+        if genkey and (running or self._waiting):
+            self._pending_abort_key = genkey
+            return True, False
+        return False, False
+
+    # -- tokens -------------------------------------------------------------------------------------
+    async def tokenize(self, text: str, special: bool = True) -> list[int]:
+        handle = await self.ensure_ready()
+        return list(await handle.call(p.Tokenize, text=text, special=special))
+
+    async def detokenize(self, ids: list[int]) -> str:
+        handle = await self.ensure_ready()
+        return str(await handle.call(p.Detokenize, ids=ids))
+

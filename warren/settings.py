@@ -1,0 +1,64 @@
+"""Resolved settings: what validation hands to the server and to each worker.
+
+These are plain frozen values built *after* every rule has passed (``warren/validation.py``), so the
+rest of warren never sees a raw flag, a KoboldCpp alias or an unchecked number. ``ModelSettings`` is
+also what crosses to a worker in its launch frame, hence ``as_wire``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """How one catalog entry is loaded. Equal settings mean an existing instance can be reused."""
+
+    name: str
+    path: Path
+    context_size: int = 8192
+    threads: int = 2
+    batch_threads: int = 2
+    gpu_layers: int = 0
+    batch_size: int = 512
+    use_mmap: bool = True
+    use_mlock: bool = False
+    flash_attention: bool = False
+    quant_kv: int = 0
+    rope_freq_scale: float = 0.0  # 0 = the model's own value
+    rope_freq_base: float = 0.0  # 0 = the model's own value
+    engine: str = "llama"  # "llama" in production; tests may name a fake engine ("module:factory")
+
+    def as_wire(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ModelSettings:
+        return cls(**{**data, "path": Path(data["path"])})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 5001
+    multiuser: int = 1
+    password: str | None = None
+    max_request_bytes: int = 32 * 1024 * 1024
+    default_gen_amount: int = 768
+    gen_limit: int = 0
+    quiet: bool = False
+    debug: int = 0
+    admin: bool = False
+    admin_dir: Path | None = None
+    admin_password: str | None = None
+
+    @property
+    def queue_limit(self) -> int:
+        """Waiters allowed behind the running request, as KoboldCpp computes it from --multiuser."""
+        if self.multiuser <= 0:
+            return 0
+        return self.multiuser - 1 if self.multiuser > 1 else 6

@@ -1,0 +1,200 @@
+"""The worker process: one model, served over the inherited channel until EOF.
+
+Started by ``warren.worker.launcher`` as ``python -m warren.worker.child --fd N --parent PID``: a fresh
+interpreter (spawn semantics, never fork), so no supervisor state, thread or lock is inherited.
+
+Threads:
+- the **main thread** runs the engine (load, generate, tokenize) one request at a time, because a
+  llama.cpp context serves one sequence here;
+- a **reader thread** answers ``Ping`` at once (so liveness checks work mid-generation), flags
+  ``Cancel`` for the running request, and queues everything else for the main thread. On EOF —
+  the supervisor closed the channel or died — it ends the process at once: no orphan keeps the
+  model's memory.
+
+The child also asks the kernel to SIGKILL it when the supervisor dies (``PR_SET_PDEATHSIG``), which
+covers a supervisor killed with SIGKILL while this process is busy in native code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from warren.errors import InvalidRequest, WarrenError, WorkerLoadFailed
+from warren.params import GenerationParams
+from warren.settings import ModelSettings
+from warren.worker import protocol as p
+from warren.worker.engine_api import Engine
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+BATCH_INTERVAL = 0.25  # s between partial-text frames of a non-streamed generation
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+class FrameSocket:
+    """Blocking framed I/O on the channel; ``send`` is safe from both threads."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.file = sock.makefile("rb", buffering=1 << 16)
+        self.lock = threading.Lock()
+
+    def send(self, frame: p.Frame) -> None:
+        data = p.encode(frame)
+        with self.lock:
+            self.sock.sendall(data)
+
+    def recv(self) -> p.Frame | None:
+        header = self.file.read(p.HEADER.size)
+        if len(header) < p.HEADER.size:
+            return None
+        length = p.frame_length(header)
+        body = self.file.read(length)
+        if len(body) < length:
+            return None
+        return p.decode(body)
+
+
+class Worker:
+    def __init__(self, channel: FrameSocket, engine: Engine) -> None:
+        self.channel = channel
+        self.engine = engine
+        self.inbox: queue.SimpleQueue[p.Frame] = queue.SimpleQueue()
+        self.cancelled: set[int] = set()
+        self.cancel_lock = threading.Lock()
+
+    # -- reader thread ------------------------------------------------------------------------------
+    def read_loop(self) -> None:
+        try:
+            while True:
+                frame = self.channel.recv()
+                if frame is None:
+                    break
+                if isinstance(frame, p.Ping):
+                    self.channel.send(p.Pong(id=frame.id))
+                elif isinstance(frame, p.Cancel):
+                    with self.cancel_lock:
+                        self.cancelled.add(frame.id)
+                else:
+                    self.inbox.put(frame)
+        except (OSError, p.ProtocolError) as exc:
+            print(f"warren worker: channel broken: {exc}", file=sys.stderr, flush=True)
+        os._exit(0)  # EOF: the supervisor is gone or done with us
+
+    def is_cancelled(self, request_id: int) -> Callable[[], bool]:
+        return lambda: request_id in self.cancelled
+
+    # -- main thread ---------------------------------------------------------------------------------
+    def serve(self) -> None:
+        while True:
+            frame = self.inbox.get()
+            if isinstance(frame, p.Shutdown):
+                return
+            try:
+                self.channel.send(self.handle(frame))
+            except WarrenError as exc:
+                self.channel.send(p.Failed(id=frame.id, error=exc.to_wire()))
+            finally:
+                with self.cancel_lock:
+                    self.cancelled.discard(frame.id)
+
+    def handle(self, frame: p.Frame) -> p.Frame:
+        if isinstance(frame, p.Load):
+            return self.load(frame)
+        if isinstance(frame, p.Generate):
+            params = GenerationParams.from_wire(frame.params)
+            emit = self.streamer(frame.id) if frame.stream else self.batcher(frame.id)
+            r = self.engine.generate(params, emit, self.is_cancelled(frame.id))
+            return p.Done(id=frame.id, text=r.text, finish_reason=r.finish_reason.value,
+                          prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+                          prompt_seconds=r.prompt_seconds, generation_seconds=r.generation_seconds, seed=r.seed)
+        if isinstance(frame, p.Tokenize):
+            return p.Result(id=frame.id, value=self.engine.tokenize(frame.text, frame.special))
+        if isinstance(frame, p.Detokenize):
+            return p.Result(id=frame.id, value=self.engine.detokenize(frame.ids))
+        raise InvalidRequest(f"the worker does not handle {frame.type_name} frames")
+
+    def streamer(self, request_id: int) -> Callable[[str], None]:
+        send, token = self.channel.send, p.Token
+        return lambda text: send(token(id=request_id, text=text))
+
+    def batcher(self, request_id: int) -> Callable[[str], None]:
+        """For non-streamed requests: partial text a few times a second (KoboldCpp's generate/check
+        polls it), instead of one frame per token."""
+        pending: list[str] = []
+        last = [time.monotonic()]
+
+        def emit(text: str) -> None:
+            pending.append(text)
+            now = time.monotonic()
+            if now - last[0] >= BATCH_INTERVAL:
+                last[0] = now
+                self.channel.send(p.Token(id=request_id, text="".join(pending)))
+                pending.clear()
+
+        return emit
+
+    def load(self, frame: p.Load) -> p.Frame:
+        settings = ModelSettings.from_wire(frame.settings)
+        started = time.perf_counter()
+        last = [-1.0]
+
+        def progress(fraction: float) -> None:
+            if fraction - last[0] >= 0.1 or fraction >= 1.0:  # a handful of frames, not thousands
+                last[0] = fraction
+                self.channel.send(p.Progress(id=frame.id, fraction=round(fraction, 3)))
+
+        try:
+            info = self.engine.load(settings, progress)
+        except WarrenError:
+            raise
+        except Exception as exc:  # a native loader failure surfaces as a Python exception here
+            raise WorkerLoadFailed(f"model {settings.name!r} failed to load: {exc}") from exc
+        return p.Ready(id=frame.id, model=info, load_seconds=time.perf_counter() - started)
+
+
+def load_engine(spec: str) -> Engine:
+    """``llama`` for the real engine, or ``module:factory`` (tests' fake engines)."""
+    if spec == "llama":
+        spec = "warren.worker.engine:LlamaEngine"
+    module_name, _, factory = spec.partition(":")
+    factory_fn: Callable[[], Any] = getattr(importlib.import_module(module_name), factory)
+    return factory_fn()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="warren-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--engine", default="llama")
+    args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the terminal is the supervisor's to handle
+    channel = FrameSocket(socket.socket(fileno=args.fd))
+    engine = load_engine(args.engine)
+    worker = Worker(channel, engine)
+    channel.send(p.Hello(pid=os.getpid(), engine=args.engine))
+    threading.Thread(target=worker.read_loop, name="warren-reader", daemon=True).start()
+    worker.serve()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

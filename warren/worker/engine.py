@@ -1,0 +1,305 @@
+"""The real engine: llama.cpp through llama-cpp-python's low-level C API. The only ``llama_cpp`` import.
+
+Why the low-level API rather than ``Llama.create_completion``: the high-level call does Python work
+per token (logits copies into numpy, Python-side sampling bookkeeping) and runs at ~110–127 tokens/s
+on the default model here, where llama.cpp's own loop does ~150. This loop keeps per-token Python to
+a handful of ctypes calls: ``llama_sampler_sample`` (the C sampler chain, which also accepts the
+token), ``llama_token_to_piece`` into a reused buffer, and ``llama_decode`` of a one-token batch.
+
+The KV cache is kept between requests: a new prompt that shares a prefix with the previous one
+(chat turns, KoboldAI stories) only decodes the new part.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import llama_cpp as L
+
+from warren.errors import InvalidRequest, PromptTooLong, WarrenError, WorkerLoadFailed
+from warren.params import FinishReason, GenerationParams, GenerationResult
+from warren.settings import ModelSettings
+from warren.worker.stops import StopMatcher
+
+GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = 3, 4, 5  # ggml.h: 1 debug, 2 info, 3 warn, 4 error, 5 cont
+
+
+@L.llama_log_callback
+def _log_to_stderr(level: int, text: bytes, _user: Any) -> None:
+    """llama.cpp's warnings and errors only: stderr feeds the supervisor's crash ring, and its info
+    level prints hundreds of lines per load. WARREN_WORKER_DEBUG=1 keeps everything."""
+    if level == GGML_LOG_CONT:
+        level = _last_level[0]
+    else:
+        _last_level[0] = level
+    if level in (GGML_LOG_WARN, GGML_LOG_ERROR):
+        os.write(2, text)
+
+
+_last_level = [0]
+
+KV_TYPES = {0: L.GGML_TYPE_F16, 1: L.GGML_TYPE_Q8_0, 2: L.GGML_TYPE_Q4_0}
+UBATCH_MAX = 512  # llama.cpp's default micro-batch
+
+
+def _load_mode(settings: ModelSettings) -> int:
+    if settings.use_mlock:  # validation guarantees mmap here: MLOCK without MMAP is the #1323 crash
+        return L.LLAMA_LOAD_MODE_MMAP_MLOCK
+    return L.LLAMA_LOAD_MODE_MMAP if settings.use_mmap else L.LLAMA_LOAD_MODE_NONE
+
+
+class LlamaEngine:
+    def __init__(self) -> None:
+        L.llama_backend_init()
+        if not os.environ.get("WARREN_WORKER_DEBUG"):
+            L.llama_log_set(_log_to_stderr, ctypes.c_void_p(0))
+        self.model: Any = None
+        self.ctx: Any = None
+        self.vocab: Any = None
+        self.n_ctx = 0
+        self.n_batch = 512
+        self.cached: list[int] = []  # tokens whose K/V are in the cache (sequence 0), in order
+        self.eog_tokens: list[int] = []
+        self.piece_buf = ctypes.create_string_buffer(256)
+        self.one_token = (L.llama_token * 1)()
+
+    # -- load ---------------------------------------------------------------------------------------
+    def load(self, settings: ModelSettings, progress: Callable[[float], None]) -> dict[str, Any]:
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = settings.gpu_layers
+        mp.load_mode = _load_mode(settings)
+
+        def on_progress(fraction: float, _user: Any) -> bool:
+            progress(float(fraction))
+            return True
+
+        callback = L.llama_progress_callback(on_progress)  # kept alive by this frame until load returns
+        mp.progress_callback = callback
+        self.model = L.llama_model_load_from_file(os.fsencode(settings.path), mp)
+        if not self.model:
+            raise WorkerLoadFailed(f"llama.cpp could not load {settings.path} (its log is in the worker's stderr)")
+        self.vocab = L.llama_model_get_vocab(self.model)
+
+        cp = L.llama_context_default_params()
+        cp.n_ctx = settings.context_size
+        self.n_batch = settings.batch_size if settings.batch_size > 0 else 16  # KoboldCpp -1: no big batches
+        cp.n_batch = self.n_batch
+        cp.n_ubatch = min(self.n_batch, UBATCH_MAX)
+        cp.n_seq_max = 1
+        cp.n_threads = settings.threads
+        cp.n_threads_batch = settings.batch_threads or settings.threads
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attention else \
+            L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.type_k = KV_TYPES[settings.quant_kv]
+        cp.type_v = KV_TYPES[settings.quant_kv] if settings.flash_attention else L.GGML_TYPE_F16
+        if settings.rope_freq_base > 0:
+            cp.rope_freq_base = settings.rope_freq_base
+        if settings.rope_freq_scale > 0:
+            cp.rope_freq_scale = settings.rope_freq_scale
+        cp.no_perf = True
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise WorkerLoadFailed(f"llama.cpp could not create a context of {settings.context_size} tokens "
+                                   f"for {settings.path} (out of memory?)")
+        self.n_ctx = L.llama_n_ctx(self.ctx)
+        n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.eog_tokens = [t for t in range(n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
+        template = L.llama_model_chat_template(self.model, None)
+        return {
+            "n_ctx": self.n_ctx,
+            "n_ctx_train": L.llama_model_n_ctx_train(self.model),
+            "n_vocab": n_vocab,
+            "n_params": L.llama_model_n_params(self.model),
+            "size": L.llama_model_size(self.model),
+            "chat_template": template.decode("utf-8", "replace") if template else None,
+            "bos_token": self._token_text(L.llama_vocab_bos(self.vocab)),
+            "eos_token": self._token_text(L.llama_vocab_eos(self.vocab)),
+            "add_bos": bool(L.llama_vocab_get_add_bos(self.vocab)),
+            "gpu_offload": bool(L.llama_supports_gpu_offload()),
+        }
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return (L.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
+
+    # -- tokens -------------------------------------------------------------------------------------
+    def tokenize(self, text: str, special: bool = True, add_bos: bool = False) -> list[int]:
+        raw = text.encode("utf-8")
+        capacity = len(raw) + 8
+        buf = (L.llama_token * capacity)()
+        n = L.llama_tokenize(self.vocab, raw, len(raw), buf, capacity, add_bos, special)
+        if n < 0:
+            capacity = -n
+            buf = (L.llama_token * capacity)()
+            n = L.llama_tokenize(self.vocab, raw, len(raw), buf, capacity, add_bos, special)
+        return list(buf[:n])
+
+    def detokenize(self, ids: list[int]) -> str:
+        n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        bad = [i for i in ids if not 0 <= i < n_vocab]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary [0, {n_vocab})")
+        arr = (L.llama_token * max(1, len(ids)))(*ids)
+        capacity = 16 * len(ids) + 16
+        out = ctypes.create_string_buffer(capacity)
+        n = L.llama_detokenize(self.vocab, arr, len(ids), out, capacity, False, True)
+        if n < 0:
+            out = ctypes.create_string_buffer(-n)
+            n = L.llama_detokenize(self.vocab, arr, len(ids), out, -n, False, True)
+        return out.raw[:n].decode("utf-8", "replace")
+
+    def _piece(self, token: int) -> bytes:
+        n = L.llama_token_to_piece(self.vocab, token, self.piece_buf, 256, 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, big, -n, 0, False)
+            return big.raw[:n]
+        return self.piece_buf.raw[:n]
+
+    # -- sampling -----------------------------------------------------------------------------------
+    def _sampler(self, params: GenerationParams, seed: int) -> Any:
+        n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        add = L.llama_sampler_chain_add
+        biases = dict(params.logit_bias)
+        if params.ban_eos:
+            biases.update({t: float("-inf") for t in self.eog_tokens})
+        for text in params.banned_strings:
+            for variant in (text, " " + text):
+                ids = self.tokenize(variant, special=False)
+                if len(ids) == 1:
+                    biases[ids[0]] = float("-inf")
+        biases = {t: b for t, b in biases.items() if 0 <= t < n_vocab}
+        if biases:
+            arr = (L.llama_logit_bias * len(biases))(*(L.llama_logit_bias(t, b) for t, b in biases.items()))
+            add(chain, L.llama_sampler_init_logit_bias(n_vocab, len(biases), arr))
+        if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
+            add(chain, L.llama_sampler_init_penalties(params.repeat_last_n, params.repeat_penalty,
+                                                      params.frequency_penalty, params.presence_penalty))
+        if params.grammar:
+            grammar = L.llama_sampler_init_grammar(self.vocab, params.grammar.encode("utf-8"), b"root")
+            if not grammar:
+                L.llama_sampler_free(chain)
+                raise InvalidRequest("the grammar could not be parsed as GBNF with a 'root' rule")
+            add(chain, grammar)
+        if params.temperature <= 0 or params.top_k == 1:
+            add(chain, L.llama_sampler_init_greedy())
+        elif params.mirostat == 1:
+            add(chain, L.llama_sampler_init_temp(params.temperature))
+            add(chain, L.llama_sampler_init_mirostat(n_vocab, seed, params.mirostat_tau, params.mirostat_eta, 100))
+        elif params.mirostat == 2:
+            add(chain, L.llama_sampler_init_temp(params.temperature))
+            add(chain, L.llama_sampler_init_mirostat_v2(seed, params.mirostat_tau, params.mirostat_eta))
+        else:
+            if params.top_k > 0:
+                add(chain, L.llama_sampler_init_top_k(params.top_k))
+            if params.typical_p < 1.0:
+                add(chain, L.llama_sampler_init_typical(params.typical_p, 1))
+            if params.top_p < 1.0:
+                add(chain, L.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0:
+                add(chain, L.llama_sampler_init_min_p(params.min_p, 1))
+            add(chain, L.llama_sampler_init_temp(params.temperature))
+            add(chain, L.llama_sampler_init_dist(seed))
+        return chain
+
+    # -- generation ---------------------------------------------------------------------------------
+    def _prepare_prompt(self, params: GenerationParams) -> list[int]:
+        add_bos = params.add_bos and bool(L.llama_vocab_get_add_bos(self.vocab))
+        tokens = self.tokenize(params.prompt, special=True, add_bos=add_bos)
+        if not tokens:
+            bos = L.llama_vocab_bos(self.vocab)
+            tokens = [bos if bos >= 0 else 0]  # an empty prompt still needs one token to sample after
+        window = min(params.context_limit or self.n_ctx, self.n_ctx)
+        if params.truncate_prompt and len(tokens) + params.max_tokens > window:
+            # KoboldCpp keeps the end of an over-long prompt: the newest story text matters most.
+            keep = max(1, window - min(params.max_tokens, window // 2))
+            tokens = tokens[-keep:]
+        elif len(tokens) >= window:
+            raise PromptTooLong(f"the prompt is {len(tokens)} tokens, but the context window is {window} tokens",
+                                hint="shorten the prompt, or start the model with a larger --contextsize")
+        return tokens
+
+    def _decode_prompt(self, tokens: list[int]) -> None:
+        """Decode what the cache lacks of ``tokens``: the shared prefix with the last request is reused."""
+        n_keep = 0
+        for a, b in zip(self.cached, tokens, strict=False):
+            if a != b:
+                break
+            n_keep += 1
+        n_keep = min(n_keep, len(tokens) - 1)  # the last prompt token must be decoded to get logits
+        memory = L.llama_get_memory(self.ctx)
+        if not L.llama_memory_seq_rm(memory, 0, n_keep, -1):
+            L.llama_memory_clear(memory, True)
+            n_keep = 0
+        self.cached = tokens[:n_keep]
+        for start in range(n_keep, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            arr = (L.llama_token * len(chunk))(*chunk)
+            rc = L.llama_decode(self.ctx, L.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                L.llama_memory_clear(memory, True)
+                self.cached = []
+                raise WarrenError(f"llama_decode failed on the prompt (code {rc})")
+            self.cached.extend(chunk)
+
+    def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
+                 cancelled: Callable[[], bool]) -> GenerationResult:
+        seed = params.seed if params.seed >= 0 else random.getrandbits(31)
+        started = time.perf_counter()
+        tokens = self._prepare_prompt(params)
+        sampler = self._sampler(params, seed)
+        try:
+            self._decode_prompt(tokens)
+            prompt_done = time.perf_counter()
+            max_new = min(params.max_tokens, min(params.context_limit or self.n_ctx, self.n_ctx) - len(tokens))
+            reason, n_new, text = self._token_loop(sampler, params, max_new, emit, cancelled)
+        finally:
+            L.llama_sampler_free(sampler)
+        return GenerationResult(text=text, finish_reason=reason, prompt_tokens=len(tokens),
+                                completion_tokens=n_new, prompt_seconds=prompt_done - started,
+                                generation_seconds=time.perf_counter() - prompt_done, seed=seed)
+
+    def _token_loop(self, sampler: Any, params: GenerationParams, max_new: int,
+                    emit: Callable[[str], None] | None, cancelled: Callable[[], bool]
+                    ) -> tuple[FinishReason, int, str]:
+        ctx, vocab, one, cached = self.ctx, self.vocab, self.one_token, self.cached
+        sample, is_eog, decode, batch_one = L.llama_sampler_sample, L.llama_vocab_is_eog, L.llama_decode, \
+            L.llama_batch_get_one
+        utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        stops = StopMatcher(params.stop, params.trim_stop)
+        reason = FinishReason.LENGTH
+        n_new = 0
+        while n_new < max_new:
+            if cancelled():
+                reason = FinishReason.ABORT
+                break
+            token = sample(sampler, ctx, -1)
+            if is_eog(vocab, token):
+                reason = FinishReason.STOP
+                break
+            n_new += 1
+            shown = stops.feed(utf8.decode(self._piece(token)))
+            if shown and emit is not None:
+                emit(shown)
+            if stops.stopped:
+                reason = FinishReason.STOP_SEQUENCE
+                break
+            if n_new == max_new:
+                break  # no need to decode a token nothing will follow
+            one[0] = token
+            rc = decode(ctx, batch_one(one, 1))
+            if rc != 0:
+                raise WarrenError(f"llama_decode failed while generating (code {rc})")
+            cached.append(token)
+        tail = stops.feed(utf8.decode(b"", True)) + stops.flush()
+        if tail and emit is not None:
+            emit(tail)
+        return reason, n_new, stops.text

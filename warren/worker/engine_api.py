@@ -1,0 +1,28 @@
+"""The interface between a worker and the library that runs the model.
+
+``LlamaEngine`` (``engine.py``) is the only implementation that imports ``llama_cpp``; tests use fake
+engines with the same shape to produce faults a real model cannot produce on demand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from warren.params import GenerationParams, GenerationResult
+from warren.settings import ModelSettings
+
+
+class Engine(Protocol):
+    def load(self, settings: ModelSettings, progress: Callable[[float], None]) -> dict[str, Any]:
+        """Load the model; return its description (the ``Ready`` frame's ``model``)."""
+        ...
+
+    def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
+                 cancelled: Callable[[], bool]) -> GenerationResult:
+        """Generate; call ``emit`` with each safe-to-show piece when streaming."""
+        ...
+
+    def tokenize(self, text: str, special: bool) -> list[int]: ...
+
+    def detokenize(self, ids: list[int]) -> str: ...

@@ -1,0 +1,321 @@
+"""The supervisor's side of one worker process: spawn, handshake, requests, liveness, stop, reap.
+
+A ``WorkerHandle`` owns exactly one child process and everything attached to it: the channel, the
+task that reads frames, the task that keeps the child's stderr in a bounded ring, and the heartbeat.
+All of them are stored on the handle and ended by ``stop()``; none is left unowned.
+
+Contracts:
+- ``start()`` returns once the child said ``Hello`` (interpreter up, engine library imported).
+- ``load()`` returns the model description only after ``Ready``; progress is logged and kept in
+  ``progress``.
+- When the process ends, every request still waiting gets an error: ``WorkerClosed`` if we stopped it,
+  ``WorkerCrashed`` naming the model and the signal or exit status otherwise. The last lines of its
+  stderr go to the log.
+- ``stop()`` closes the channel (the child exits on EOF), then escalates SIGTERM → SIGKILL and reaps.
+  It survives cancellation, so it is safe in ``finally`` blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from warren.errors import WarrenError, WorkerClosed, WorkerCrashed, WorkerLoadFailed, describe_exit
+from warren.params import GenerationParams
+from warren.settings import ModelSettings
+from warren.worker import protocol as p
+
+log = logging.getLogger(__name__)
+
+STDERR_LINES = 200  # enough for llama.cpp's load log and a crash's last words, small enough to keep per model
+HELLO_TIMEOUT = 60.0  # interpreter start + importing llama_cpp; seconds on a loaded machine
+LOAD_TIMEOUT = 600.0  # a large model from a slow disk
+HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_TIMEOUT = 15.0  # the reader thread answers pings even mid-decode; silence this long is a hang
+STOP_GRACE = 3.0  # after EOF a healthy worker exits in milliseconds; a busy one gets this long
+
+
+class WorkerHandle:
+    def __init__(self, settings: ModelSettings, *, heartbeat: bool = True) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.process: asyncio.subprocess.Process | None = None
+        self.pid = 0
+        self.progress = 0.0
+        self.model_info: dict[str, Any] = {}
+        self.load_seconds = 0.0
+        self.started_at = 0.0
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[int, asyncio.Queue[p.Frame | WarrenError]] = {}
+        self._ids = itertools.count(1)
+        self._hello: asyncio.Future[p.Hello] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = False
+        self._kill_reason = ""
+        self._heartbeat = heartbeat
+        self.exit_error: WarrenError | None = None
+        self.exited = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "warren.worker.child", "--fd", str(child_sock.fileno()),
+                "--parent", str(os.getpid()), "--engine", self.settings.engine,
+                pass_fds=(child_sock.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops workers in order
+            )
+        finally:
+            child_sock.close()
+        self.pid = self.process.pid
+        self.started_at = time.monotonic()
+        reader, self._writer = await asyncio.open_unix_connection(sock=parent_sock, limit=p.MAX_FRAME + 16)
+        self._hello = asyncio.get_running_loop().create_future()
+        self._tasks.append(asyncio.create_task(self._read_frames(reader), name=f"frames-{self.name}"))
+        self._tasks.append(asyncio.create_task(self._read_stderr(), name=f"stderr-{self.name}"))
+        log.debug("worker spawned model=%s pid=%s", self.name, self.pid)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._hello), HELLO_TIMEOUT)
+        except TimeoutError:
+            await self.stop()
+            raise WorkerLoadFailed(f"the worker for model {self.name!r} did not start within {HELLO_TIMEOUT:.0f} s",
+                                   hint=self._tail_hint()) from None
+
+    async def load(self) -> dict[str, Any]:
+        frame = await self._request(p.Load(id=next(self._ids), settings=self.settings.as_wire()), LOAD_TIMEOUT)
+        assert isinstance(frame, p.Ready)
+        self.model_info = frame.model
+        self.load_seconds = frame.load_seconds
+        self.progress = 1.0
+        if self._heartbeat:
+            self._tasks.append(asyncio.create_task(self._beat(), name=f"heartbeat-{self.name}"))
+        return frame.model
+
+    async def kill(self, reason: str) -> None:
+        """End a misbehaving worker now; waiters get ``WorkerCrashed`` with ``reason``."""
+        log.error("killing worker model=%s pid=%s reason=%s", self.name, self.pid, reason)
+        self._kill_reason = reason
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        await self.exited.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None and not self.exited.is_set()
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Close the channel, wait, SIGTERM, wait, SIGKILL, reap. Cancellation-safe."""
+        self._stopping = True
+        task = asyncio.ensure_future(self._stop(grace))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task
+            raise
+
+    async def _stop(self, grace: float) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        proc = self.process
+        if proc is not None and proc.returncode is None:
+            for sig in (None, "terminate", "kill"):
+                if sig is not None:
+                    log.info("worker did not exit; sending SIG%s model=%s pid=%s", sig[:4].upper(), self.name,
+                             self.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        getattr(proc, sig)()
+                try:
+                    await asyncio.wait_for(proc.wait(), grace)
+                    break
+                except TimeoutError:
+                    continue
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.exited.wait(), grace)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- requests -------------------------------------------------------------------------------------
+    async def _request(self, frame: p.Frame, timeout: float | None = None) -> p.Frame:
+        """Send a one-answer request and return its answer frame (or raise its error)."""
+        queue = self._open(frame.id)
+        try:
+            await self._send(frame)
+            item = await asyncio.wait_for(queue.get(), timeout)
+        except TimeoutError:
+            await self.kill(f"it did not answer {frame.type_name} within {timeout:.0f} s")
+            raise self.exit_error or WorkerCrashed(f"the worker for model {self.name!r} hung") from None
+        finally:
+            self._pending.pop(frame.id, None)
+        return self._unwrap(item)
+
+    async def call(self, frame_type: type[p.Frame], **fields: Any) -> Any:
+        """Tokenize/Detokenize and friends: one request, one ``Result``."""
+        frame = await self._request(frame_type(id=next(self._ids), **fields), 60.0)
+        assert isinstance(frame, p.Result)
+        return frame.value
+
+    async def generate(self, params: GenerationParams, stream: bool, abort: asyncio.Event | None = None
+                       ) -> AsyncIterator[p.Token | p.Done]:
+        """Yield ``Token`` frames (batched ones when not streaming) and finally the ``Done`` frame.
+
+        Leaving the loop early (client gone) sends ``Cancel``; the caller must still let the request
+        finish (``drain``) before reusing the worker, which ``ModelInstance`` does.
+        """
+        request_id = next(self._ids)
+        queue = self._open(request_id)
+        finished = False
+        watcher = asyncio.create_task(self._cancel_on(abort, request_id)) if abort is not None else None
+        try:
+            await self._send(p.Generate(id=request_id, params=params.as_wire(), stream=stream))
+            while True:
+                frame = self._unwrap(await queue.get())
+                if isinstance(frame, p.Done):
+                    finished = True
+                    yield frame
+                    return
+                if isinstance(frame, p.Token):
+                    yield frame
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if not finished and self.alive:
+                with contextlib.suppress(WarrenError, OSError):
+                    await self._send(p.Cancel(id=request_id))
+                await self._drain(request_id, queue)
+            self._pending.pop(request_id, None)
+
+    async def _cancel_on(self, abort: asyncio.Event, request_id: int) -> None:
+        await abort.wait()
+        with contextlib.suppress(WarrenError, OSError):
+            await self._send(p.Cancel(id=request_id))
+
+    async def _drain(self, request_id: int, queue: asyncio.Queue[p.Frame | WarrenError]) -> None:
+        """Wait (shielded) until a cancelled request has ended in the worker."""
+        async def wait_done() -> None:
+            while True:
+                item = await queue.get()
+                if isinstance(item, WarrenError | p.Done | p.Failed):
+                    return
+
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(wait_done()), 30.0)
+
+    async def ping(self, timeout: float = HEARTBEAT_TIMEOUT) -> float:
+        started = time.perf_counter()
+        await self._request(p.Ping(id=next(self._ids)), timeout)
+        return time.perf_counter() - started
+
+    def _open(self, request_id: int) -> asyncio.Queue[p.Frame | WarrenError]:
+        if self.exit_error is not None:
+            raise self.exit_error
+        queue: asyncio.Queue[p.Frame | WarrenError] = asyncio.Queue()
+        self._pending[request_id] = queue
+        return queue
+
+    async def _send(self, frame: p.Frame) -> None:
+        if self._writer is None or self.exit_error is not None:
+            raise self.exit_error or WorkerClosed(f"the worker for model {self.name!r} is not running")
+        try:
+            self._writer.write(p.encode(frame))
+            await self._writer.drain()
+        except (ConnectionError, OSError):
+            await self.exited.wait()
+            raise self.exit_error or WorkerClosed(f"the worker for model {self.name!r} is gone") from None
+
+    @staticmethod
+    def _unwrap(item: p.Frame | WarrenError) -> p.Frame:
+        if isinstance(item, WarrenError):
+            raise item
+        if isinstance(item, p.Failed):
+            raise WarrenError.from_wire(item.error)
+        return item
+
+    # -- background tasks -------------------------------------------------------------------------------
+    async def _read_frames(self, reader: asyncio.StreamReader) -> None:
+        reason = ""
+        try:
+            while True:
+                header = await reader.readexactly(p.HEADER.size)
+                frame = p.decode(await reader.readexactly(p.frame_length(header)))
+                if isinstance(frame, p.Hello):
+                    if self._hello and not self._hello.done():
+                        self._hello.set_result(frame)
+                elif isinstance(frame, p.Progress):
+                    self.progress = frame.fraction
+                    log.info("loading model=%s progress=%d%%", self.name, round(frame.fraction * 100))
+                elif (queue := self._pending.get(frame.id)) is not None:
+                    queue.put_nowait(frame)
+        except asyncio.IncompleteReadError:
+            pass  # EOF: the process ended or closed its end
+        except p.ProtocolError as exc:
+            reason = f"it sent an invalid frame ({exc})"
+            log.error("worker sent garbage; killing it model=%s pid=%s error=%s", self.name, self.pid, exc)
+            if self.process and self.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+        except (ConnectionError, OSError):
+            pass
+        await self._on_exit(reason)
+
+    async def _on_exit(self, reason: str) -> None:
+        proc = self.process
+        returncode = None
+        if proc is not None:
+            try:
+                returncode = await asyncio.wait_for(proc.wait(), 2.0 if not self._stopping else STOP_GRACE * 3)
+            except TimeoutError:  # channel closed but the process lingers: make sure it is gone
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                returncode = await proc.wait()
+        await asyncio.sleep(0)  # let the stderr task take the last lines
+        if self._stopping:
+            self.exit_error = WorkerClosed(f"model {self.name!r} was unloaded", model=self.name)
+        else:
+            how = reason or self._kill_reason or describe_exit(returncode)
+            self.exit_error = WorkerCrashed(f"the worker for model {self.name!r} crashed: {how}",
+                                            hint=self._tail_hint(), model=self.name, returncode=returncode)
+            log.error("worker crashed model=%s pid=%s exit=%s\n  last stderr lines:\n    %s", self.name,
+                      self.pid, how, "\n    ".join(list(self.stderr_tail)[-15:]) or "(none)")
+        if self._hello and not self._hello.done():
+            self._hello.set_exception(self.exit_error)
+            self._hello.exception()  # mark retrieved: start() may already have given up waiting
+        for queue in self._pending.values():
+            queue.put_nowait(self.exit_error)
+        self.exited.set()
+
+    async def _read_stderr(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        debug = log.isEnabledFor(logging.DEBUG)
+        while line := await self.process.stdout.readline():
+            text = line.decode("utf-8", "replace").rstrip()
+            self.stderr_tail.append(text)
+            if debug:
+                log.debug("worker model=%s: %s", self.name, text)
+
+    async def _beat(self) -> None:
+        while self.alive:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            if not self.alive:
+                return
+            try:
+                await self.ping()
+            except WarrenError:
+                return  # _request already killed the worker and logged why
+
+    def _tail_hint(self) -> str:
+        last = [line for line in self.stderr_tail if line.strip()][-3:]
+        return ("its last output: " + " | ".join(last)) if last else ""

@@ -1,0 +1,182 @@
+"""The frames a supervisor and a worker exchange, and their wire codec.
+
+Wire format (one frame)::
+
+    +----------------------+-------------------------------------------------------+
+    | length: u32 big end. | msgpack map {"v": VERSION, "t": type, "id": req, ...} |
+    +----------------------+-------------------------------------------------------+
+
+- ``length`` counts the msgpack bytes only and is at most ``MAX_FRAME`` (a prompt of a few MB fits;
+  anything larger is a bug or garbage on the channel, and is treated as a broken channel).
+- ``v`` is the protocol version; a peer speaking another version is refused at ``Hello``.
+- ``t`` names the frame class below; ``id`` is the request id (0 for frames about the worker itself).
+- A generation is one ``Generate`` answered by any number of ``Token`` frames (only when it asked to
+  stream) closed by exactly one ``Done`` or ``Failed``. ``Cancel`` asks the worker to stop early; the
+  request still ends with its ``Done`` (finish reason ``abort``).
+- Errors cross as ``Failed`` frames carrying ``WarrenError.to_wire()``, rebuilt on the other side as the
+  same class.
+
+The channel is a socketpair inherited by the child: not stdout, which native code may write to.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+VERSION = 1
+MAX_FRAME = 64 * 1024 * 1024
+HEADER = struct.Struct(">I")
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame: the channel is broken."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type_name: ClassVar[str] = ""
+    registry: ClassVar[dict[str, type[Frame]]] = {}
+    id: int = 0
+
+
+# -- supervisor -> worker ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Load(Frame):
+    settings: dict[str, Any] = field(default_factory=dict)  # ModelSettings.as_wire()
+
+
+@dataclass(frozen=True, slots=True)
+class Generate(Frame):
+    params: dict[str, Any] = field(default_factory=dict)  # GenerationParams.as_wire()
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Frame):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Tokenize(Frame):
+    text: str = ""
+    special: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Detokenize(Frame):
+    ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Frame):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(Frame):
+    pass
+
+
+# -- worker -> supervisor ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Hello(Frame):
+    """The worker's interpreter is up and its engine library imported: it can take a ``Load``."""
+
+    pid: int = 0
+    version: int = VERSION
+    engine: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Progress(Frame):
+    fraction: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(Frame):
+    """The model is loaded. ``model`` describes it (context, vocabulary, chat template, special tokens)."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    load_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Token(Frame):
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Frame):
+    text: str = ""  # the whole completion (also when it streamed: clients of /generate/check need it)
+    finish_reason: str = "length"  # FinishReason value
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_seconds: float = 0.0
+    generation_seconds: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Result(Frame):
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(Frame):
+    error: dict[str, Any] = field(default_factory=dict)  # WarrenError.to_wire()
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Frame):
+    pass
+
+
+# Derived from the classes, so a new frame type needs no table edit. (Not __init_subclass__: slotted
+# dataclasses are rebuilt by the decorator, which breaks the zero-argument super() it would need.)
+for _cls in Frame.__subclasses__():
+    _cls.type_name = _cls.__name__
+    Frame.registry[_cls.__name__] = _cls
+
+
+def encode(frame: Frame) -> bytes:
+    body = {f.name: getattr(frame, f.name) for f in fields(frame)}
+    body["v"] = VERSION
+    body["t"] = frame.type_name
+    payload = msgpack.packb(body, use_bin_type=True)
+    if len(payload) > MAX_FRAME:
+        raise ProtocolError(f"frame {frame.type_name} is {len(payload)} bytes, over the {MAX_FRAME} limit")
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode(payload: bytes) -> Frame:
+    """Decode one frame body (without its length header). Raises ``ProtocolError`` on garbage."""
+    try:
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ProtocolError(f"undecodable frame: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"frame is a {type(body).__name__}, not a map")
+    if body.pop("v", None) != VERSION:
+        raise ProtocolError("frame has a missing or different protocol version")
+    cls = Frame.registry.get(body.pop("t", None))  # type: ignore[arg-type]
+    if cls is None:
+        raise ProtocolError("frame has an unknown type")
+    try:
+        return cls(**body)
+    except TypeError as exc:
+        raise ProtocolError(f"frame {cls.type_name} has wrong fields: {exc}") from None
+
+
+def frame_length(header: bytes) -> int:
+    (length,) = HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ProtocolError(f"frame length {length} is over the {MAX_FRAME} limit")
+    return length
+
+
+def as_dict(frame: Frame) -> dict[str, Any]:
+    return asdict(frame)
