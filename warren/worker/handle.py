@@ -184,7 +184,10 @@ class WorkerHandle:
         try:
             await self._send(p.Generate(id=request_id, params=params.as_wire(), stream=stream))
             while True:
-                frame = self._unwrap(await queue.get())
+                item = await queue.get()
+                if isinstance(item, WarrenError | p.Failed):
+                    finished = True  # the request is over in the worker (or the worker is gone)
+                frame = self._unwrap(item)
                 if isinstance(frame, p.Done):
                     finished = True
                     yield frame

@@ -1,0 +1,159 @@
+"""A real worker process on the real default model: load, greedy generation, streaming, tokens,
+cancel, crash by a real signal, exit on channel EOF, death with the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from warren.errors import PromptTooLong, WorkerCrashed
+from warren.params import FinishReason, GenerationParams
+from warren.settings import ModelSettings
+from warren.worker import protocol as p
+from warren.worker.handle import WorkerHandle
+
+GREEDY = dict(temperature=0.0, max_tokens=24)
+
+
+@pytest.fixture
+async def worker(model_path: Path) -> AsyncIterator[WorkerHandle]:
+    handle = WorkerHandle(ModelSettings(name="smol", path=model_path, context_size=512))
+    await handle.start()
+    await handle.load()
+    yield handle
+    await handle.stop()
+
+
+async def run(handle: WorkerHandle, params: GenerationParams, stream: bool) -> tuple[list[str], p.Done]:
+    tokens: list[str] = []
+    async for frame in handle.generate(params, stream):
+        if isinstance(frame, p.Token):
+            tokens.append(frame.text)
+        else:
+            return tokens, frame
+    raise AssertionError("no Done frame")
+
+
+async def test_load_reports_the_model(worker: WorkerHandle) -> None:
+    info = worker.model_info
+    assert info["n_ctx"] == 512 and info["n_ctx_train"] == 8192 and info["n_vocab"] == 49152
+    assert "<|im_start|>" in info["chat_template"]
+    assert worker.progress == 1.0 and worker.load_seconds > 0
+
+
+async def test_greedy_generation_is_deterministic_and_streams_the_same_text(worker: WorkerHandle) -> None:
+    params = GenerationParams(prompt="The capital of France is", **GREEDY)
+    _, first = await run(worker, params, stream=False)
+    tokens, second = await run(worker, params, stream=True)
+    assert first.text == second.text and len(first.text) > 10
+    assert "".join(tokens) == second.text
+    assert second.completion_tokens == 24 and second.finish_reason == FinishReason.LENGTH
+    assert second.prompt_tokens == len(await worker.call(p.Tokenize, text="The capital of France is"))
+
+
+async def test_stop_sequence_and_eos(worker: WorkerHandle) -> None:
+    params = GenerationParams(prompt="The capital of France is", **GREEDY)
+    _, full = await run(worker, params, stream=False)
+    word = full.text.split()[2]
+    _, stopped = await run(worker, GenerationParams(prompt=params.prompt, stop=(word,), **GREEDY), stream=False)
+    assert stopped.finish_reason == FinishReason.STOP_SEQUENCE
+    assert full.text.startswith(stopped.text) and word not in stopped.text
+    chat = "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
+    _, eos = await run(worker, GenerationParams(prompt=chat, temperature=0.0, max_tokens=200), stream=False)
+    assert eos.finish_reason == FinishReason.STOP and eos.completion_tokens < 200
+
+
+async def test_grammar_constrains_output(worker: WorkerHandle) -> None:
+    params = GenerationParams(prompt="Is the sky blue? Answer:", grammar='root ::= " yes" | " no"', **GREEDY)
+    _, done = await run(worker, params, stream=False)
+    assert done.text in (" yes", " no")
+
+
+async def test_tokenize_round_trip(worker: WorkerHandle) -> None:
+    ids = await worker.call(p.Tokenize, text="Hello world", special=True)
+    assert ids and all(isinstance(i, int) for i in ids)
+    assert await worker.call(p.Detokenize, ids=ids) == "Hello world"
+
+
+async def test_prompt_longer_than_the_context_is_refused(worker: WorkerHandle) -> None:
+    with pytest.raises(PromptTooLong, match="context window is 512 tokens"):
+        await run(worker, GenerationParams(prompt="word " * 600, **GREEDY), stream=False)
+    # KoboldCpp's way: the oldest tokens go, the generation still gets its room.
+    _, done = await run(worker, GenerationParams(prompt="word " * 600, truncate_prompt=True, **GREEDY), False)
+    assert done.completion_tokens == 24 and done.prompt_tokens == 512 - 24
+
+
+async def test_cancel_stops_generation_early(worker: WorkerHandle) -> None:
+    abort = asyncio.Event()
+    count = 0
+    done = None
+    async for frame in worker.generate(GenerationParams(prompt="Once upon a time", temperature=0.0,
+                                                        max_tokens=500), True, abort):
+        if isinstance(frame, p.Token):
+            count += 1
+            if count == 3:
+                abort.set()
+        else:
+            done = frame
+    assert done is not None and done.finish_reason == FinishReason.ABORT and done.completion_tokens < 100
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT])
+async def test_killed_mid_stream_gives_a_clear_error(model_path: Path, sig: signal.Signals) -> None:
+    handle = WorkerHandle(ModelSettings(name="smol", path=model_path, context_size=1024))
+    await handle.start()
+    await handle.load()
+    with pytest.raises(WorkerCrashed) as info:
+        async for frame in handle.generate(GenerationParams(prompt="Once", temperature=0.0, max_tokens=400), True):
+            if isinstance(frame, p.Token):
+                os.kill(handle.pid, sig)
+    assert f"model 'smol' crashed: killed by {sig.name}" in info.value.message
+    assert not psutil.pid_exists(handle.pid) or psutil.Process(handle.pid).status() == psutil.STATUS_ZOMBIE
+    await handle.stop()
+
+
+async def test_closing_the_channel_ends_the_worker(worker: WorkerHandle) -> None:
+    pid = worker.pid
+    started = time.monotonic()
+    await worker.stop()
+    assert not psutil.pid_exists(pid)
+    assert time.monotonic() - started < 2.0  # EOF, not the SIGTERM/SIGKILL escalation
+
+
+SUPERVISOR = """
+import asyncio, sys
+from pathlib import Path
+from warren.settings import ModelSettings
+from warren.worker.handle import WorkerHandle
+async def main():
+    h = WorkerHandle(ModelSettings(name="smol", path=Path(sys.argv[1]), context_size=512))
+    await h.start(); await h.load()
+    print(h.pid, flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+def test_worker_dies_with_a_killed_supervisor(model_path: Path) -> None:
+    sup = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(model_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sup.stdout is not None
+        worker_pid = int(sup.stdout.readline())
+        assert psutil.pid_exists(worker_pid)
+        sup.kill()
+        sup.wait()
+        deadline = time.monotonic() + 2.0
+        while psutil.pid_exists(worker_pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not psutil.pid_exists(worker_pid), "the worker outlived its supervisor"
+    finally:
+        sup.kill()
