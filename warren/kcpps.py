@@ -153,5 +153,5 @@ def export_kcpps(opts: dict[str, Any], path: str | Path) -> Path:
     try:
         path.write_text(json.dumps(data), encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}", hint="check the directory exists and is writable")
+        raise ConfigError(f"cannot write {path}: {exc.strerror}", hint="check the directory exists and is writable") from None
     return path

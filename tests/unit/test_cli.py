@@ -20,7 +20,7 @@ def warren(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 def assert_clean_error(result: subprocess.CompletedProcess[str], words: str) -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert f"error: " in result.stderr and words in result.stderr, result.stderr
+    assert "error: " in result.stderr and words in result.stderr, result.stderr
     assert "hint: " in result.stderr
 
 

@@ -7,6 +7,7 @@ reaches the terminal for a user mistake.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -138,4 +139,8 @@ def serve(plan: Plan) -> None:
          f"http://{shown}:{plan.server.port} (KoboldCpp /api, OpenAI /v1)")
     config = uvicorn.Config(app, host=host, port=plan.server.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=10)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal under the handler that was
+    # there before it. Make that one a no-op, so a requested stop ends with status 0 after the workers
+    # are stopped, instead of dying by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.Server(config).run()

@@ -27,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +112,10 @@ class Worker:
                 self.channel.send(self.handle(frame))
             except WarrenError as exc:
                 self.channel.send(p.Failed(id=frame.id, error=exc.to_wire()))
+            except Exception as exc:  # a bug here must fail one request, not the model: log it, answer, go on
+                traceback.print_exc(file=sys.stderr)
+                error = WarrenError(f"internal error in the worker ({type(exc).__name__}); see the server log")
+                self.channel.send(p.Failed(id=frame.id, error=error.to_wire()))
             finally:
                 with self.cancel_lock:
                     self.cancelled.discard(frame.id)

@@ -181,7 +181,7 @@ class LlamaEngine:
             arr = (L.llama_logit_bias * len(biases))(*(L.llama_logit_bias(t, b) for t, b in biases.items()))
             add(chain, L.llama_sampler_init_logit_bias(n_vocab, len(biases), arr))
         if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
-            add(chain, L.llama_sampler_init_penalties(params.repeat_last_n, params.repeat_penalty,
+            add(chain, L.llama_sampler_init_penalties(n_vocab, params.repeat_last_n, params.repeat_penalty,
                                                       params.frequency_penalty, params.presence_penalty))
         if params.grammar:
             grammar = L.llama_sampler_init_grammar(self.vocab, params.grammar.encode("utf-8"), b"root")
