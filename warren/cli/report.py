@@ -38,7 +38,7 @@ def print_analysis(path: Path, opts: dict[str, Any]) -> None:
         print(f"  {key} = {shown}")
     ctx = opts.get("contextsize") or 8192
     est = estimate_memory(info, context_size=ctx, batch_size=opts.get("batchsize") or 512,
-                          quant_kv=opts.get("quantkv") or 0, flash_attention=bool(opts.get("flashattention")))
+                          quant_kv=opts.get("quantkv") or 0)
     print(f"memory estimate at context {ctx}:")
     print("\n".join(_estimate_lines(est)))
 
@@ -52,12 +52,11 @@ def print_plan(plan: Plan) -> None:
         print("model: none (--nomodel)")
         return
     m = plan.model
-    est = estimate_memory(plan.gguf, context_size=m.context_size, batch_size=m.batch_size, quant_kv=m.quant_kv,
-                          flash_attention=m.flash_attention)
+    est = estimate_memory(plan.gguf, context_size=m.context_size, batch_size=m.batch_size, quant_kv=m.quant_kv)
     print(f"model {m.name}: {m.path}")
     print(f"  context {m.context_size}, threads {m.threads}/{m.batch_threads}, batch {m.batch_size}, gpu layers "
           f"{m.gpu_layers}, mmap {'on' if m.use_mmap else 'off'}, mlock {'on' if m.use_mlock else 'off'}, "
-          f"flash attention {'on' if m.flash_attention else 'off'}, KV type {('f16', 'q8_0', 'q4_0')[m.quant_kv]}")
+          f"flash attention {'on' if m.flash_attention else 'auto'}, KV type {('f16', 'q8_0', 'q4_0')[m.quant_kv]}")
     print("memory estimate:")
     print("\n".join(_estimate_lines(est)))
     verdict = "fits" if est.total <= available else "does NOT fit"
