@@ -167,7 +167,8 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in rates.items()}
     lat_http, lat_in = statistics.median(latency_http) * 1000, statistics.median(latency_inproc) * 1000
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
                platform.processor())
     print(f"### {date.today().isoformat()} — {cpu}, {os.cpu_count()} cores, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
