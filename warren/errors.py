@@ -11,7 +11,8 @@ the tree once, at its boundary (``warren/api/errors.py``), to its own error body
     │   └── PromptTooLong              400   the prompt does not fit the context window
     ├── Unauthorized                   401   missing or wrong Bearer key
     ├── NotFound                       404   unknown route or resource
-    │   └── ModelNotFound              404   no catalog entry with that name
+    │   ├── ModelNotFound              404   no catalog entry with that name
+    │   └── MethodNotAllowed           405   the route exists, not with this method
     ├── HandleGone                     410   the instance a handle named was unloaded
     ├── Busy                           503   the model's queue is full (KoboldCpp --multiuser)
     ├── ConfigError                     —    a flag, config file or model file breaks a rule
@@ -87,6 +88,11 @@ class NotFound(WarrenError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class MethodNotAllowed(NotFound):
+    http_status = 405
+    code = "method_not_allowed"
 
 
 class HandleGone(WarrenError):

@@ -143,7 +143,8 @@ def test_unknown_routes_and_methods(server: Server) -> None:
     c = server.client()
     r = c.get("/api/v1/nothing")
     assert r.status_code == 404 and r.json()["detail"]["type"] == "not_found"
-    assert c.get("/api/v1/generate").status_code == 405
+    wrong = c.get("/api/v1/generate")
+    assert wrong.status_code == 405 and wrong.json()["detail"]["type"] == "method_not_allowed"
 
 
 def test_curl_style_form_content_type_is_read_as_json(server: Server) -> None:

@@ -125,3 +125,15 @@ def test_sigterm_stops_workers_and_exits_cleanly(model_path: Path, tmp_path: Pat
     worker = srv.worker_pid()
     assert srv.stop() == 0
     assert worker is not None and not psutil.pid_exists(worker)
+
+
+def test_nomodel_server_answers_and_explains(tmp_path: Path) -> None:
+    srv = start_server(["--nomodel"], tmp_path)
+    try:
+        assert httpx.get(f"{srv.url}/api/v1/model").json() == {"result": "koboldcpp/inactive"}
+        assert httpx.get(f"{srv.url}/api/extra/version").json()["llm"] is False
+        r = httpx.post(f"{srv.url}/api/v1/generate", json={"prompt": "x"})
+        assert r.status_code == 404 and "no model is loaded" in r.json()["detail"]["msg"]
+        assert httpx.get(f"{srv.url}/v1/models").json()["data"] == []
+    finally:
+        srv.stop()

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from warren.errors import Busy, InvalidRequest, NotFound, Unauthorized, WarrenError
+from warren.errors import Busy, InvalidRequest, MethodNotAllowed, NotFound, Unauthorized, WarrenError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def dialect_of(path: str) -> Dialect:
 
 
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+                405: "invalid_request_error",
                 410: "invalid_request_error", 413: "invalid_request_error", 503: "server_error", 502: "server_error"}
 
 
@@ -99,11 +100,9 @@ def install_error_handlers(app: FastAPI) -> None:
             err: WarrenError = NotFound(f"no such endpoint: {request.method} {request.url.path}",
                                         hint="see docs/api-compat.md for the routes warren serves")
         elif exc.status_code == 405:
-            err = NotFound(f"{request.url.path} does not accept {request.method}")
-            err.http_status = 405  # type: ignore[misc]
+            err = MethodNotAllowed(f"{request.url.path} does not accept {request.method}")
         else:
             err = InvalidRequest(str(exc.detail))
-            err.http_status = exc.status_code  # type: ignore[misc]
         return error_response(request, err)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:

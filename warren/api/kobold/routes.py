@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from warren import __version__
 from warren.api import sse
-from warren.api.deps import bearer_ok, get_instance, get_pool, require_api_key
+from warren.api.deps import bearer_ok, get_instance, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.kobold.schemas import DetokenizeRequest, GenerateRequest, GenKeyRequest, TokenizeRequest
 from warren.api.kobold.translate import finish_reason, to_params
@@ -53,10 +53,13 @@ def _post(paths: list[str], **kw: Any):  # type: ignore[no-untyped-def]
 
 # -- information ---------------------------------------------------------------------------------------
 @_get(_both("/model"))
-async def model_name(request: Request, instance: ModelInstance = Depends(get_instance)) -> dict[str, str]:
-    if not bearer_ok(request, get_pool(request).server.password):
+async def model_name(request: Request) -> dict[str, str]:
+    pool = get_pool(request)
+    if not bearer_ok(request, pool.server.password):
         return {"result": "koboldcpp/protected-model"}
-    return {"result": f"koboldcpp/{instance.name}"}
+    if model_from_path(request) is None and pool.active is None:
+        return {"result": "koboldcpp/inactive"}  # KoboldCpp's name when started with --nomodel
+    return {"result": f"koboldcpp/{get_instance(request).name}"}
 
 
 @_get(_both("/info/version"))
