@@ -137,3 +137,20 @@ def test_nomodel_server_answers_and_explains(tmp_path: Path) -> None:
         assert httpx.get(f"{srv.url}/v1/models").json()["data"] == []
     finally:
         srv.stop()
+
+
+def test_client_leaving_a_stream_stops_the_generation(server: Server) -> None:
+    body = {"prompt": "Once upon a time", "max_length": 1500, "temperature": 0, "ban_eos_token": True,
+            "max_context_length": 2048}
+    before = httpx.get(f"{server.url}/api/extra/perf").json()["total_gens"]
+    with httpx.stream("POST", f"{server.url}/api/extra/generate/stream", json=body, timeout=60) as r:
+        for n, _line in enumerate(r.iter_lines()):
+            if n > 6:
+                break  # leave after a few tokens: the connection closes here
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        perf = httpx.get(f"{server.url}/api/extra/perf").json()
+        if perf["total_gens"] > before and perf["idle"] == 1:
+            break
+        time.sleep(0.05)
+    assert perf["last_token_count"] < 1000, perf  # cancelled, not run to 1500 tokens

@@ -7,6 +7,7 @@ signal mid-stream, fails or hangs in load, or writes garbage on the channel.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import time
@@ -101,6 +102,20 @@ class GarbageEngine(FakeEngine):
                 except OSError:
                     continue
             time.sleep(5)
+
+
+class WedgedEngine(FakeEngine):
+    """Stuck in native code holding the GIL at token 2, deaf to SIGTERM: EOF, pings and TERM all go
+    unanswered, so only SIGKILL ends it (a PyDLL call keeps the GIL, unlike ctypes.CDLL)."""
+
+    def on_token(self, index: int) -> None:
+        if index == 2:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            ctypes.PyDLL(None).sleep(3600)
+
+
+def wedged() -> FakeEngine:
+    return WedgedEngine()
 
 
 def fake() -> FakeEngine:

@@ -86,3 +86,28 @@ async def test_requests_after_a_crash_fail_fast() -> None:
     with pytest.raises(WorkerCrashed):
         await handle.call(p.Tokenize, text="x")
     await handle.stop()
+
+
+async def test_stop_escalates_to_sigkill_for_a_wedged_worker(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+
+    caplog.set_level(logging.INFO)
+    handle = await started("wedged", heartbeat=False)  # type: ignore[arg-type]
+    await handle.load()
+    gen = handle.generate(GenerationParams(prompt="x", max_tokens=50), True)
+    assert isinstance(await anext(gen), p.Token)
+    await asyncio.sleep(0.3)  # it is now wedged at token 2
+    await handle.stop(grace=0.3)
+    assert not psutil.pid_exists(handle.pid)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "sending SIGTERM" in messages and "sending SIGKILL" in messages
+    await gen.aclose()
+
+
+async def test_missed_heartbeats_kill_a_hung_worker() -> None:
+    handle = await started("wedged", heartbeat_interval=0.2, heartbeat_timeout=0.5)  # type: ignore[arg-type]
+    await handle.load()
+    with pytest.raises(WorkerCrashed, match="did not answer Ping within 0.5 s"):
+        await collect(handle, 50)
+    assert not psutil.pid_exists(handle.pid)

@@ -216,7 +216,7 @@ class ModelInstance:
 
     async def _run(self, handle: WorkerHandle, params: GenerationParams, stream: bool,
                    abort: asyncio.Event) -> AsyncIterator[str | GenerationResult]:
-        frames = handle.generate(params, stream, abort)
+        frames = handle.generate(params, stream, abort, on_done=self._record_perf)
         try:
             async for frame in frames:
                 if isinstance(frame, p.Token):
@@ -224,15 +224,12 @@ class ModelInstance:
                     if stream:
                         yield frame.text
                 else:
-                    result = GenerationResult(frame.text, FinishReason(frame.finish_reason), frame.prompt_tokens,
-                                              frame.completion_tokens, frame.prompt_seconds,
-                                              frame.generation_seconds, frame.seed)
-                    self._record_perf(result)
-                    yield result
+                    yield _result(frame)
         finally:
             await frames.aclose()
 
-    def _record_perf(self, r: GenerationResult) -> None:
+    def _record_perf(self, done: p.Done) -> None:
+        r = _result(done)
         self.perf = Perf(r.prompt_seconds, r.generation_seconds, r.prompt_tokens, r.completion_tokens, r.seed,
                          KOBOLD_STOP_REASON[r.finish_reason], self.perf.total_gens + 1)
 
@@ -278,3 +275,7 @@ class ModelInstance:
         handle = await self.ensure_ready()
         return str(await handle.call(p.Detokenize, ids=ids))
 
+
+def _result(done: p.Done) -> GenerationResult:
+    return GenerationResult(done.text, FinishReason(done.finish_reason), done.prompt_tokens,
+                            done.completion_tokens, done.prompt_seconds, done.generation_seconds, done.seed)

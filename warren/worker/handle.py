@@ -26,7 +26,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from warren.errors import WarrenError, WorkerClosed, WorkerCrashed, WorkerLoadFailed, describe_exit
@@ -45,7 +45,8 @@ STOP_GRACE = 3.0  # after EOF a healthy worker exits in milliseconds; a busy one
 
 
 class WorkerHandle:
-    def __init__(self, settings: ModelSettings, *, heartbeat: bool = True, load_timeout: float = LOAD_TIMEOUT
+    def __init__(self, settings: ModelSettings, *, heartbeat: bool = True, load_timeout: float = LOAD_TIMEOUT,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL, heartbeat_timeout: float = HEARTBEAT_TIMEOUT
                  ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -65,6 +66,8 @@ class WorkerHandle:
         self._kill_reason = ""
         self._heartbeat = heartbeat
         self._load_timeout = load_timeout
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_timeout = heartbeat_timeout
         self.exit_error: WarrenError | None = None
         self.exited = asyncio.Event()
 
@@ -158,7 +161,7 @@ class WorkerHandle:
             await self._send(frame)
             item = await asyncio.wait_for(queue.get(), timeout)
         except TimeoutError:
-            await self.kill(f"it did not answer {frame.type_name} within {timeout:.0f} s")
+            await self.kill(f"it did not answer {frame.type_name} within {timeout:g} s")
             raise self.exit_error or WorkerCrashed(f"the worker for model {self.name!r} hung") from None
         finally:
             self._pending.pop(frame.id, None)
@@ -170,12 +173,12 @@ class WorkerHandle:
         assert isinstance(frame, p.Result)
         return frame.value
 
-    async def generate(self, params: GenerationParams, stream: bool, abort: asyncio.Event | None = None
-                       ) -> AsyncIterator[p.Token | p.Done]:
+    async def generate(self, params: GenerationParams, stream: bool, abort: asyncio.Event | None = None,
+                       on_done: Callable[[p.Done], None] | None = None) -> AsyncIterator[p.Token | p.Done]:
         """Yield ``Token`` frames (batched ones when not streaming) and finally the ``Done`` frame.
 
-        Leaving the loop early (client gone) sends ``Cancel``; the caller must still let the request
-        finish (``drain``) before reusing the worker, which ``ModelInstance`` does.
+        ``abort`` set, or leaving the loop early (client gone), sends ``Cancel``. ``on_done`` sees the
+        ``Done`` frame in both cases, also when nobody is left to read it (statistics stay true).
         """
         request_id = next(self._ids)
         queue = self._open(request_id)
@@ -190,6 +193,8 @@ class WorkerHandle:
                 frame = self._unwrap(item)
                 if isinstance(frame, p.Done):
                     finished = True
+                    if on_done is not None:
+                        on_done(frame)
                     yield frame
                     return
                 if isinstance(frame, p.Token):
@@ -197,10 +202,34 @@ class WorkerHandle:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            if not finished and self.alive:
+            if finished:
+                self._pending.pop(request_id, None)
+            else:
+                self._abandon(request_id, queue, on_done)
+
+    def _abandon(self, request_id: int, queue: asyncio.Queue[p.Frame | WarrenError],
+                 on_done: Callable[[p.Done], None] | None) -> None:
+        """The reader left mid-generation: cancel it in the worker and let a task owned by this handle
+        collect its end, so the caller is not held (it may be under cancellation itself)."""
+
+        async def collect() -> None:
+            try:
                 with contextlib.suppress(WarrenError, OSError):
                     await self._send(p.Cancel(id=request_id))
-                await self._drain(request_id, queue)
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, p.Done) and on_done is not None:
+                        on_done(item)
+                    if isinstance(item, WarrenError | p.Done | p.Failed):
+                        return
+            finally:
+                self._pending.pop(request_id, None)
+
+        if self.alive:
+            task = asyncio.get_running_loop().create_task(collect(), name=f"abandon-{self.name}-{request_id}")
+            self._tasks.append(task)
+            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        else:
             self._pending.pop(request_id, None)
 
     async def _cancel_on(self, abort: asyncio.Event, request_id: int) -> None:
@@ -208,20 +237,9 @@ class WorkerHandle:
         with contextlib.suppress(WarrenError, OSError):
             await self._send(p.Cancel(id=request_id))
 
-    async def _drain(self, request_id: int, queue: asyncio.Queue[p.Frame | WarrenError]) -> None:
-        """Wait (shielded) until a cancelled request has ended in the worker."""
-        async def wait_done() -> None:
-            while True:
-                item = await queue.get()
-                if isinstance(item, WarrenError | p.Done | p.Failed):
-                    return
-
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(asyncio.shield(wait_done()), 30.0)
-
-    async def ping(self, timeout: float = HEARTBEAT_TIMEOUT) -> float:
+    async def ping(self, timeout: float | None = None) -> float:
         started = time.perf_counter()
-        await self._request(p.Ping(id=next(self._ids)), timeout)
+        await self._request(p.Ping(id=next(self._ids)), timeout or self._heartbeat_timeout)
         return time.perf_counter() - started
 
     def _open(self, request_id: int) -> asyncio.Queue[p.Frame | WarrenError]:
@@ -313,7 +331,7 @@ class WorkerHandle:
 
     async def _beat(self) -> None:
         while self.alive:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await asyncio.sleep(self._heartbeat_interval)
             if not self.alive:
                 return
             try:
