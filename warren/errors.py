@@ -14,7 +14,9 @@ the tree once, at its boundary (``warren/api/errors.py``), to its own error body
     │   ├── ModelNotFound              404   no catalog entry with that name
     │   └── MethodNotAllowed           405   the route exists, not with this method
     ├── HandleGone                     410   the instance a handle named was unloaded
-    ├── Busy                           503   the model's queue is full (KoboldCpp --multiuser)
+    ├── Busy                           503   the model's queue is full, or no room came free in time
+    ├── DoesNotFit                     507   the model alone needs more than the memory budget
+    ├── Quarantined                    503   the model failed to load or crash-looped; fix it first
     ├── ConfigError                     —    a flag, config file or model file breaks a rule
     │   └── ModelFileError              —    the GGUF file itself is missing, unreadable or malformed
     └── WorkerError                    503   the worker process could not serve
@@ -113,6 +115,16 @@ class Busy(WarrenError):
     @property
     def retry_after(self) -> int:
         return int(self.details.get("retry_after", 1))
+
+
+class DoesNotFit(WarrenError):
+    http_status = 507
+    code = "does_not_fit_budget"
+
+
+class Quarantined(WarrenError):
+    http_status = 503
+    code = "model_quarantined"
 
 
 class ConfigError(WarrenError):

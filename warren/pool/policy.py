@@ -1,0 +1,211 @@
+"""The pool's decisions: which model instances are resident, who waits, what is evicted or expires.
+
+Pure and synchronous, after llama-swap's scheduler: events come in as plain method calls
+(``request``, ``released``, ``load_finished``, ``exited``, ``unload``, ``tick``), decisions go out
+through ``Effects`` — the complete list of what the policy can make happen. No method awaits
+anything, so on the asyncio loop each decision is atomic and needs no lock; slow work (loading,
+stopping) is started by an effect and its outcome comes back later as another event. Tests drive it
+with a recording ``Effects`` and a number for the clock.
+
+Memory accounting: every resident counts ``bytes`` against the budget — its estimate while loading,
+its measured footprint once ready. An instance chosen for eviction is marked ``STOPPING`` and no
+longer counted for admission; the effect layer makes sure it has exited before the new worker starts.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from warren.errors import Busy, DoesNotFit, WarrenError
+from warren.pool.eviction import Candidate, choose_victims
+
+MIB = 1024 * 1024
+
+
+class Phase(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+@dataclass
+class Resident:
+    name: str
+    phase: Phase
+    bytes: int
+    in_flight: int = 0  # granted requests not yet released (running or queued in the instance)
+    last_used: float = 0.0
+    pinned: bool = False
+    keep_alive: float | None = None  # seconds idle before unloading; None = the default; < 0 = never
+    reload_seconds: float = 0.0
+    unload_reason: str = ""  # set: unload as soon as no request is in flight
+
+
+@dataclass(frozen=True, slots=True)
+class Waiter:
+    ticket: int
+    model: str
+    need: int
+    deadline: float
+
+
+class Effects(Protocol):
+    def start_load(self, model: str, evict: Sequence[str]) -> None:
+        """Stop ``evict`` (and wait for them to exit), then load ``model``; ends in ``load_finished``."""
+
+    def stop(self, model: str, reason: str) -> None:
+        """Stop the model's worker; ends in ``exited``."""
+
+    def grant(self, ticket: int, model: str) -> None:
+        """The request may proceed on ``model`` (it may still be loading: the request joins the load)."""
+
+    def reject(self, ticket: int, error: WarrenError) -> None:
+        """The request cannot be served; ``error`` says why."""
+
+
+class PoolPolicy:
+    def __init__(self, effects: Effects, *, budget: int, max_models: int = 0, keep_alive: float = 300.0,
+                 wait_seconds: float = 60.0) -> None:
+        self.effects = effects
+        self.budget = budget
+        self.max_models = max_models  # 0 = no cap beyond the budget
+        self.keep_alive = keep_alive  # default seconds idle before an unpinned instance is unloaded
+        self.wait_seconds = wait_seconds  # how long a request waits for room before a 503
+        self.residents: dict[str, Resident] = {}
+        self.waiting: deque[Waiter] = deque()
+
+    # -- views ----------------------------------------------------------------------------------------
+    def _counted(self) -> list[Resident]:
+        return [r for r in self.residents.values() if r.phase is not Phase.STOPPING]
+
+    @property
+    def reserved(self) -> int:
+        """Bytes counted against the budget (stopping instances excluded: they are being freed)."""
+        return sum(r.bytes for r in self._counted())
+
+    def _slots_free(self) -> int:
+        return (self.max_models - len(self._counted())) if self.max_models > 0 else 1 << 30
+
+    # -- events ---------------------------------------------------------------------------------------
+    def request(self, ticket: int, model: str, need: int, now: float) -> None:
+        """A request (or an explicit load) wants ``model``; ``need`` is its expected footprint."""
+        if need > self.budget:
+            self.effects.reject(ticket, DoesNotFit(
+                f"model {model!r} needs about {need // MIB} MiB, more than the whole memory budget of "
+                f"{self.budget // MIB} MiB", hint="raise --memory-budget, or lower its --contextsize",
+                model=model, need=need, budget=self.budget))
+            return
+        if not self._admit(ticket, model, need, now):
+            self.waiting.append(Waiter(ticket, model, need, now + self.wait_seconds))
+
+    def released(self, model: str, now: float) -> None:
+        """A granted request finished (successfully or not)."""
+        r = self.residents.get(model)
+        if r is not None and r.in_flight > 0:
+            r.in_flight -= 1
+            r.last_used = now
+        self._settle(now)
+
+    def load_finished(self, model: str, *, ok: bool, measured: int, load_seconds: float, now: float) -> None:
+        r = self.residents.get(model)
+        if r is None or r.phase is not Phase.LOADING:
+            return
+        if ok:
+            r.phase = Phase.READY
+            r.bytes = measured or r.bytes
+            r.reload_seconds = load_seconds
+            r.last_used = now
+        else:
+            del self.residents[model]
+        self._settle(now)
+
+    def measured(self, model: str, footprint: int) -> None:
+        """A fresh measurement of a ready instance's footprint."""
+        r = self.residents.get(model)
+        if r is not None and r.phase is Phase.READY and footprint > 0:
+            r.bytes = footprint
+
+    def exited(self, model: str, now: float) -> None:
+        """The model's worker is gone (stopped on purpose, or crashed)."""
+        self.residents.pop(model, None)
+        self._settle(now)
+
+    def configure(self, model: str, *, pinned: bool | None = None, keep_alive: float | None = None,
+                  clear_keep_alive: bool = False) -> None:
+        r = self.residents.get(model)
+        if r is None:
+            return
+        if pinned is not None:
+            r.pinned = pinned
+        if clear_keep_alive:
+            r.keep_alive = None
+        elif keep_alive is not None:
+            r.keep_alive = keep_alive
+
+    def unload(self, model: str, reason: str, now: float) -> bool:
+        """Unload now if idle, else as soon as its requests finish. False if it is not resident."""
+        r = self.residents.get(model)
+        if r is None or r.phase is Phase.STOPPING:
+            return False
+        r.unload_reason = reason
+        r.pinned = False
+        self._settle(now)
+        return True
+
+    def tick(self, now: float) -> None:
+        """Time passed: expire waiters past their deadline and idle instances past their keep-alive."""
+        for w in [w for w in self.waiting if w.deadline <= now]:
+            self.waiting.remove(w)
+            self.effects.reject(w.ticket, Busy(
+                f"no room to load model {w.model!r} within {self.wait_seconds:g} s: the memory budget is "
+                "held by models that are busy", retry_after=max(1, round(self.wait_seconds / 4)), model=w.model))
+        self._settle(now)
+
+    # -- decisions ------------------------------------------------------------------------------------
+    def _admit(self, ticket: int, model: str, need: int, now: float) -> bool:
+        r = self.residents.get(model)
+        if r is not None:
+            if r.phase is Phase.STOPPING:
+                return False  # wait until it is gone, then load it again
+            r.in_flight += 1
+            r.last_used = now
+            r.unload_reason = ""
+            self.effects.grant(ticket, model)
+            return True
+        candidates = [Candidate(c.name, c.bytes, c.last_used, c.reload_seconds) for c in self._counted()
+                      if c.phase is Phase.READY and c.in_flight == 0 and not c.pinned]
+        victims = choose_victims(candidates, need=need, free=self.budget - self.reserved,
+                                 slots_free=self._slots_free())
+        if victims is None:
+            return False
+        for name in victims:
+            self.residents[name].phase = Phase.STOPPING
+        self.residents[model] = Resident(model, Phase.LOADING, need, in_flight=1, last_used=now)
+        self.effects.start_load(model, victims)
+        self.effects.grant(ticket, model)
+        return True
+
+    def _settle(self, now: float) -> None:
+        """Unload what should go, then admit waiters that now fit (in arrival order)."""
+        for r in list(self.residents.values()):
+            if r.phase is not Phase.READY or r.in_flight:
+                continue
+            if r.unload_reason:
+                r.phase = Phase.STOPPING
+                self.effects.stop(r.name, r.unload_reason)
+                continue
+            keep = r.keep_alive if r.keep_alive is not None else self.keep_alive
+            if not r.pinned and keep >= 0 and now - r.last_used >= keep:
+                r.phase = Phase.STOPPING
+                self.effects.stop(r.name, "keep-alive expired")
+        for w in list(self.waiting):
+            if self._admit(w.ticket, w.model, w.need, now):
+                self.waiting.remove(w)
+
+    def status(self) -> dict[str, object]:
+        return {"budget": self.budget, "reserved": self.reserved, "max_models": self.max_models,
+                "default_keep_alive": self.keep_alive, "waiting": len(self.waiting)}
