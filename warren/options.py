@@ -109,6 +109,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("config", ("--config",), K.STR, None, "Load settings from a .kcpps file (flags given here win)."),
     Option("exportconfig", ("--exportconfig",), K.STR, "", "Write the settings as a .kcpps file and exit."),
     Option("analyze", ("--analyze",), K.STR, "", "Print a GGUF file's metadata and memory estimate, then exit."),
+    # -- warren's own: the model pool (KoboldCpp ignores these keys in a .kcpps) -----------------------
+    Option("modelsdir", ("--models-dir", "--modelsdir"), K.STR, "",
+           "Directory of .gguf/.kcpps files that can be loaded by name (like --admindir, without admin mode)."),
+    Option("catalog", ("--catalog",), K.STR, "", "A TOML file listing models with settings, pinning, keep-alive."),
+    Option("memorybudget", ("--memory-budget", "--memorybudget"), K.STR, "",
+           "Memory all loaded models may use: bytes (8G, 512M) or a share of RAM (60%). Default: 75% of "
+           "the memory available at start-up."),
+    Option("maxmodels", ("--max-models", "--maxmodels"), K.INT, 0, "Most models loaded at once (0: no cap)."),
+    Option("keepalive", ("--keepalive",), K.STR, "5m",
+           "Unload a model idle this long (seconds, or 30s/5m/1h; -1: never)."),
+    Option("loadwait", ("--loadwait",), K.FLOAT, 60.0,
+           "Seconds a request waits for memory held by busy models before a 503."),
+    Option("nowarmspare", ("--no-warm-spare", "--nowarmspare"), K.FLAG, False,
+           "Do not keep a started worker ready for the next load."),
     # -- GUI-only, accepted --------------------------------------------------------------------------
     Option("showgui", ("--showgui",), K.FLAG, False, support=A, reason=_GUI),
     Option("skiplauncher", ("--skiplauncher",), K.FLAG, False, support=A, reason=_GUI),

@@ -55,6 +55,13 @@ class ServerSettings:
     admin: bool = False
     admin_dir: Path | None = None
     admin_password: str | None = None
+    models_dirs: tuple[Path, ...] = ()  # --admindir and --models-dir: catalog directories
+    catalog_file: Path | None = None
+    memory_budget: int = 0  # bytes
+    max_models: int = 0
+    keep_alive: float = 300.0
+    load_wait: float = 60.0
+    warm_spare: bool = True
 
     @property
     def queue_limit(self) -> int:

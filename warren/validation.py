@@ -27,6 +27,7 @@ from warren.errors import ConfigError, ModelFileError
 from warren.gguf.reader import GGUFInfo, read_gguf
 from warren.options import BATCH_SIZE_CHOICES, CONTEXT_RANGE, DEFAULT_GEN_RANGE
 from warren.settings import ModelSettings, ServerSettings
+from warren.units import parse_bytes, parse_duration
 
 CAP_IPC_LOCK = 14  # linux/capability.h: lets a process lock memory beyond RLIMIT_MEMLOCK
 
@@ -85,9 +86,18 @@ def _auto_threads() -> int:
     return max(1, min(physical or available, available, 48))
 
 
+def _memory() -> tuple[int, int]:
+    """(total, available) RAM in bytes."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return int(vm.total), int(vm.available)
+
+
 @dataclass(frozen=True, slots=True)
 class Environment:
     memlock_limit: Callable[[], tuple[int, bool]] = _memlock_limit
+    memory: Callable[[], tuple[int, int]] = _memory
     port_problem: Callable[[str, int], str | None] = _port_problem
     auto_threads: Callable[[], int] = _auto_threads
 
@@ -218,6 +228,32 @@ def rule_admin_dir(ctx: RuleContext) -> Iterator[Finding]:
         yield err(f"--admindir {admin_dir} is not an existing directory", "create it or fix the path")
 
 
+def rule_pool(ctx: RuleContext) -> Iterator[Finding]:
+    o = ctx.opts
+    if o["memorybudget"]:
+        total = ctx.env.memory()[0]
+        budget = parse_bytes(str(o["memorybudget"]), total)
+        if budget is None or budget <= 0:
+            yield err(f"--memory-budget {o['memorybudget']} is not an amount of memory",
+                      "use bytes with a unit (8G, 512M) or a share of RAM (60%)")
+        elif budget > total:
+            yield Finding(Level.WARNING, f"--memory-budget {budget // 2**20} MiB is more than this machine's "
+                          f"{total // 2**20} MiB of RAM")
+    if o["maxmodels"] < 0:
+        yield err(f"--max-models {o['maxmodels']} is negative", "0 means no cap")
+    for key, flag in (("keepalive", "--keepalive"),):
+        try:
+            parse_duration(o[key], flag)
+        except ConfigError as exc:
+            yield err(exc.message, exc.hint)
+    if o["loadwait"] < 0:
+        yield err(f"--loadwait {o['loadwait']} is negative", "seconds a request may wait for room")
+    if o["modelsdir"] and not Path(o["modelsdir"]).is_dir():
+        yield err(f"--models-dir {o['modelsdir']} is not an existing directory", "create it or fix the path")
+    if o["catalog"] and not Path(o["catalog"]).is_file():
+        yield err(f"--catalog {o['catalog']} is not a file", "give the path of a TOML catalog file")
+
+
 def rule_model_given(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.opts["nomodel"] and ctx.model_path:
         yield Finding(Level.NOTE, "--nomodel: the model is not loaded at start-up", fix={"model": []})
@@ -272,7 +308,7 @@ def rule_mlock_limit(ctx: RuleContext) -> Iterator[Finding]:
 
 RULES: tuple[Rule, ...] = (
     rule_context_size, rule_batch_size, rule_default_gen_amount, rule_gen_limit, rule_threads, rule_quant_kv,
-    rule_rope, rule_mmap_mlock, rule_port, rule_multiuser, rule_request_size, rule_passwords, rule_admin_dir,
+    rule_rope, rule_mmap_mlock, rule_port, rule_multiuser, rule_request_size, rule_passwords, rule_admin_dir, rule_pool,
     rule_model_given, rule_model_file, rule_context_vs_training, rule_gpu_layers, rule_mlock_limit,
 )
 
@@ -285,6 +321,22 @@ class Plan:
     model: ModelSettings | None
     gguf: GGUFInfo | None
     findings: tuple[Finding, ...]
+
+
+DEFAULT_BUDGET_SHARE = 0.75  # of the memory available at start-up: room for the OS and other programs
+
+
+def _budget(value: str, env: Environment) -> int:
+    total, available = env.memory()
+    if value:
+        parsed = parse_bytes(str(value), total)
+        assert parsed is not None  # rule_pool refused anything else
+        return parsed
+    return int(available * DEFAULT_BUDGET_SHARE)
+
+
+def _duration(value: object) -> float:
+    return parse_duration(value, "duration")
 
 
 class ValidationFailed(ConfigError):
@@ -327,6 +379,13 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
         admin=o["admin"],
         admin_dir=Path(o["admindir"]) if o["admindir"] else None,
         admin_password=o["adminpassword"],
+        models_dirs=tuple(Path(d).resolve() for d in (o["admindir"], o["modelsdir"]) if d and Path(d).is_dir()),
+        catalog_file=Path(o["catalog"]) if o["catalog"] else None,
+        memory_budget=_budget(o["memorybudget"], ctx.env),
+        max_models=o["maxmodels"],
+        keep_alive=_duration(o["keepalive"]),
+        load_wait=o["loadwait"],
+        warm_spare=not o["nowarmspare"],
     )
     model = None
     if ctx.gguf is not None:

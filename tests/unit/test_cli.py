@@ -55,8 +55,8 @@ def test_port_in_use(model_path: Path) -> None:
 def test_check_prints_the_plan(model_path: Path) -> None:
     result = warren("--check", "--model", str(model_path), "--contextsize", "2048", "--port", str(free_port()))
     assert result.returncode == 0, result.stderr
-    for words in ("model SmolLM2-135M-Instruct.Q4_1", "context 2048", "weights", "KV cache", "compute",
-                  "worker base", "total", "fits"):
+    for words in ("active model SmolLM2-135M-Instruct.Q4_1", "context 2048", "weights", "KV", "compute",
+                  "worker", "total", "memory budget", "fit together in the budget: SmolLM2-135M-Instruct.Q4_1"):
         assert words in result.stdout
 
 

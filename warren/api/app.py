@@ -10,26 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from warren import __version__
-from warren.api.deps import get_pool
+from warren.api.admin import router as admin_router
 from warren.api.errors import install_error_handlers
 from warren.api.kobold.routes import router as kobold_router
 from warren.api.limits import BodyLimit, JsonBodies
+from warren.api.metrics import router as metrics_router
 from warren.api.openai.routes import router as openai_router
 from warren.pool.pool import Pool
 
 status_router = APIRouter()
-
-
-@status_router.get("/api/pool")
-async def pool_status(pool: Pool = Depends(get_pool)) -> dict[str, Any]:
-    """Every instance with its state, handle, worker pid, load progress, queue and last exit."""
-    return pool.status()
 
 
 @status_router.get("/ping")
@@ -48,16 +42,17 @@ def create_app(pool: Pool, *, preload: bool = True) -> FastAPI:
                 loading.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loading
-            await pool.stop()
+            await pool.close()
 
     app = FastAPI(title="warren", version=__version__, lifespan=lifespan,
                   description="A local LLM server for GGUF models: KoboldCpp, OpenAI dialects.")
     app.state.pool = pool
     install_error_handlers(app)
-    for router in (kobold_router, openai_router, status_router):
+    for router in (kobold_router, openai_router):
         app.include_router(router)
-        if router is not status_router:
-            app.include_router(router, prefix="/m/{model_name}")
+        app.include_router(router, prefix="/m/{model_name}")
+    for router in (admin_router, metrics_router, status_router):
+        app.include_router(router)
     # KoboldCpp answers every origin (browser UIs such as KoboldAI Lite are served from elsewhere).
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(JsonBodies)

@@ -26,8 +26,8 @@ def model_from_path(request: Request) -> str | None:
 
 
 def get_instance(request: Request) -> ModelInstance:
-    """The instance named by the ``/m/{name}`` prefix, or the active model."""
-    return get_pool(request).get(model_from_path(request))
+    """The instance named by the ``/m/{name}`` prefix, or the active model; not loaded by this."""
+    return get_pool(request).instance_for(model_from_path(request))
 
 
 def bearer_ok(request: Request, secret: str | None) -> bool:

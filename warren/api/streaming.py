@@ -33,7 +33,8 @@ async def start_generation(instance: ModelInstance, params: GenerationParams, *,
 
 
 async def stream_events(first: Item, rest: AsyncIterator[Item], on_item: Callable[[Item], list[bytes]],
-                        on_error: Callable[[WarrenError], list[bytes]]) -> AsyncIterator[bytes]:
+                        on_error: Callable[[WarrenError], list[bytes]],
+                        on_close: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
     try:
         for chunk in on_item(first):
             yield chunk
@@ -45,4 +46,8 @@ async def stream_events(first: Item, rest: AsyncIterator[Item], on_item: Callabl
         for chunk in on_error(exc):
             yield chunk
     finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+        try:
+            await rest.aclose()  # type: ignore[attr-defined]
+        finally:
+            if on_close is not None:
+                on_close()  # e.g. the pool lease: the model is no longer in use by this request

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from warren import __version__
+from warren.catalog import Catalog
 from warren.cli.parser import build_parser
 from warren.cli.report import print_analysis, print_plan
 from warren.default_model import default_model_path
@@ -116,14 +117,31 @@ def run(argv: list[str] | None) -> int:
     for finding in plan.findings:
         if finding.level is not Level.ERROR:
             _say(finding.level.value, finding.message)
+    catalog = build_catalog(plan, opts)
     if own.get("check"):
-        print_plan(plan)
+        print_plan(plan, catalog)
         return 0
-    serve(plan)
+    serve(plan, catalog)
     return 0
 
 
-def serve(plan: Plan) -> None:
+def build_catalog(plan: Plan, opts: dict[str, Any]) -> Catalog:
+    """The catalog, checked: invalid entries are warned about, a pinned set over the budget is an error."""
+    catalog = Catalog(opts, active=plan.model, dirs=plan.server.models_dirs, catalog_file=plan.server.catalog_file)
+    catalog.refresh()
+    for entry in catalog.entries.values():
+        if not entry.valid:
+            _say("warning", f"model {entry.name!r} ({entry.source}) cannot be loaded: {entry.error}")
+    pinned = [e for e in catalog.entries.values() if e.pinned and e.estimate]
+    need = sum(e.estimate.total for e in pinned if e.estimate)
+    if need > plan.server.memory_budget:
+        raise ConfigError(f"the pinned models ({', '.join(e.name for e in pinned)}) need about {need // 2**20} MiB, "
+                          f"more than the memory budget of {plan.server.memory_budget // 2**20} MiB",
+                          hint="raise --memory-budget or pin fewer models")
+    return catalog
+
+
+def serve(plan: Plan, catalog: Catalog) -> None:
     import uvicorn  # imported here so --check, --analyze and errors stay fast
 
     from warren.api.app import create_app
@@ -131,7 +149,9 @@ def serve(plan: Plan) -> None:
     from warren.pool.pool import Pool
 
     setup_logging(plan.server.debug, plan.server.quiet)
-    pool = Pool(plan.server, [plan.model] if plan.model else [])
+    s = plan.server
+    pool = Pool(s, catalog, budget=s.memory_budget, max_models=s.max_models, keep_alive=s.keep_alive,
+                wait_seconds=s.load_wait, warm_spare=s.warm_spare)
     app = create_app(pool)
     host = plan.server.host
     shown = f"[{host}]" if ":" in host else host

@@ -7,6 +7,7 @@ from typing import Any
 
 import psutil
 
+from warren.catalog import Catalog
 from warren.gguf.estimate import MIB, MemoryEstimate, estimate_memory
 from warren.gguf.reader import GGUFInfo, SkippedArray, read_gguf
 from warren.validation import Plan
@@ -43,21 +44,40 @@ def print_analysis(path: Path, opts: dict[str, Any]) -> None:
     print("\n".join(_estimate_lines(est)))
 
 
-def print_plan(plan: Plan) -> None:
+def print_plan(plan: Plan, catalog: Catalog) -> None:
     s = plan.server
     print(f"server: http://{s.host}:{s.port}  multiuser queue {s.queue_limit}  "
           f"password {'set' if s.password else 'none'}  admin {'on' if s.admin else 'off'}")
     available = psutil.virtual_memory().available
-    if plan.model is None or plan.gguf is None:
-        print("model: none (--nomodel)")
-        return
-    m = plan.model
-    est = estimate_memory(plan.gguf, context_size=m.context_size, batch_size=m.batch_size, quant_kv=m.quant_kv)
-    print(f"model {m.name}: {m.path}")
-    print(f"  context {m.context_size}, threads {m.threads}/{m.batch_threads}, batch {m.batch_size}, gpu layers "
-          f"{m.gpu_layers}, mmap {'on' if m.use_mmap else 'off'}, mlock {'on' if m.use_mlock else 'off'}, "
-          f"flash attention {'on' if m.flash_attention else 'auto'}, KV type {('f16', 'q8_0', 'q4_0')[m.quant_kv]}")
-    print("memory estimate:")
-    print("\n".join(_estimate_lines(est)))
-    verdict = "fits" if est.total <= available else "does NOT fit"
-    print(f"available memory now: {_mib(available)} -> the model {verdict}")
+    print(f"memory budget: {_mib(s.memory_budget)} (available now: {_mib(available)}); max models "
+          f"{s.max_models or 'no cap'}; keep-alive {s.keep_alive:g} s")
+    if plan.model is not None:
+        m = plan.model
+        print(f"active model {m.name}: {m.path}")
+        print(f"  context {m.context_size}, threads {m.threads}/{m.batch_threads}, batch {m.batch_size}, gpu layers "
+              f"{m.gpu_layers}, mmap {'on' if m.use_mmap else 'off'}, mlock {'on' if m.use_mlock else 'off'}, "
+              f"flash attention {'on' if m.flash_attention else 'auto'}, KV type "
+              f"{('f16', 'q8_0', 'q4_0')[m.quant_kv]}")
+    else:
+        print("active model: none (--nomodel)")
+    print("catalog:")
+    if not catalog.entries:
+        print("  (empty)")
+    fits: list[str] = []
+    used = 0
+    for entry in catalog.entries.values():
+        if entry.estimate is None:
+            print(f"  {entry.name:<28} INVALID: {entry.error}")
+            continue
+        e = entry.estimate
+        flags = " pinned" if entry.pinned else ""
+        print(f"  {entry.name:<28} total {_mib(e.total):>11}  (weights {_mib(e.weights)}, KV {_mib(e.kv_cache)}, "
+              f"compute {_mib(e.compute)}, worker {_mib(e.worker_base)}){flags}")
+        if e.total > s.memory_budget:
+            print("    does NOT fit the budget on its own: requests for it are refused")
+        elif used + e.total <= s.memory_budget:
+            fits.append(entry.name)
+            used += e.total
+    pinned = [e.name for e in catalog.entries.values() if e.pinned]
+    print(f"pinned: {', '.join(pinned) or 'none'}")
+    print(f"fit together in the budget: {', '.join(fits) or 'none'} ({_mib(used)}); others load by evicting idle ones")

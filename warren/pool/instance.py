@@ -2,16 +2,16 @@
 
 The instance is what every dialect talks to. It hides the worker's life from them:
 
-- **On demand**: the first request (or ``ensure_ready``) starts the worker; concurrent callers share
-  that one start. After a crash the next request starts a fresh worker; the crash stays visible in
-  ``last_exit``, ``restarts`` and the state.
+- **Started by the pool only** (``load``), so every worker is accounted for in the memory budget;
+  concurrent loads share one start. A worker that dies by itself is reported to the pool
+  (``on_exit``); the crash stays visible in ``last_exit``, ``restarts`` and the state.
 - **One generation at a time**, KoboldCpp ``--multiuser`` semantics: up to ``queue_limit`` requests
   wait behind the running one, more get ``Busy`` (503).
 - **genkey**: KoboldCpp clients poll partial text (``/api/extra/generate/check``) and abort their own
   generation by key; an abort for a queued key is remembered and that request returns empty text.
 
-The pool issue builds admission, eviction and keep-alive around this class; its shape (state,
-handle generation, memory, in-flight count, last use) is what the pool policy needs to see.
+Admission, eviction and keep-alive are the pool's (``warren/pool/policy.py``); this class only runs
+one model's worker and its requests.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from warren.errors import Busy, WarrenError, WorkerCrashed
+from warren.errors import Busy, WarrenError, WorkerClosed, WorkerCrashed
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
@@ -63,8 +63,10 @@ KOBOLD_STOP_REASON = {FinishReason.LENGTH: 0, FinishReason.STOP: 1, FinishReason
 
 
 class ModelInstance:
-    def __init__(self, settings: ModelSettings, *, queue_limit: int = 6, heartbeat: bool = True) -> None:
+    def __init__(self, settings: ModelSettings, *, queue_limit: int = 6, heartbeat: bool = True,
+                 on_exit: Callable[[ModelInstance, WarrenError], None] | None = None) -> None:
         self.settings = settings
+        self.on_exit = on_exit  # told when a worker ends by itself (crash), not when we stop it
         self.name = settings.name
         self.queue_limit = queue_limit
         self.heartbeat = heartbeat
@@ -78,6 +80,11 @@ class ModelInstance:
         self.perf = Perf()
         self.created = time.monotonic()
         self._starting: asyncio.Task[WorkerHandle] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.loads = 0
+        self.crashes = 0
+        self.requests = 0
+        self.tokens = 0
         self._slot = asyncio.Lock()
         self._waiting = 0
         self._running_key: str | None = None
@@ -122,25 +129,40 @@ class ModelInstance:
         return self.state
 
     # -- worker lifecycle ---------------------------------------------------------------------------
-    async def ensure_ready(self) -> WorkerHandle:
-        """Return a loaded worker, starting one if needed; concurrent callers share one start."""
+    def require_ready(self) -> WorkerHandle:
+        """The loaded worker, or the error that explains why there is none. Only the pool starts workers."""
+        h = self.handle
+        if h is not None and h.alive and self.state is InstanceState.READY:
+            return h
+        if h is not None and h.exit_error is not None:
+            raise h.exit_error
+        raise WorkerClosed(f"model {self.name!r} is not loaded", model=self.name)
+
+    async def load(self, spare: WorkerHandle | None = None) -> WorkerHandle:
+        """Start a worker (or adopt a warm ``spare``) and load the model; concurrent callers share one load."""
         if self.handle is not None and self.handle.alive and self.state is InstanceState.READY:
             return self.handle
         if self._starting is None or self._starting.done():
-            self._starting = asyncio.create_task(self._start(), name=f"start-{self.name}")
+            self._starting = asyncio.create_task(self._start(spare), name=f"start-{self.name}")
         return await asyncio.shield(self._starting)
 
-    async def _start(self) -> WorkerHandle:
+    async def _start(self, spare: WorkerHandle | None) -> WorkerHandle:
         if self.handle is not None:
             self._record_exit(self.handle)
             await self.handle.stop()
         self.generation += 1
-        handle = WorkerHandle(self.settings, heartbeat=self.heartbeat)
-        self.handle = handle
         self.state = InstanceState.STARTING
         started = time.perf_counter()
+        if spare is not None and spare.alive:
+            handle = spare
+            handle.adopt(self.settings)
+            self.handle = handle
+        else:
+            handle = WorkerHandle(self.settings, heartbeat=self.heartbeat)
+            self.handle = handle
         try:
-            await handle.start()
+            if handle is not spare:
+                await handle.start()
             self.state = InstanceState.LOADING
             log.info("loading model=%s handle=%s pid=%s", self.name, self.handle_id, handle.pid)
             await handle.load()
@@ -151,9 +173,19 @@ class ModelInstance:
             raise
         self.state = InstanceState.READY
         self.last_error = ""
+        self.loads += 1
+        self._watcher = asyncio.create_task(self._watch(handle), name=f"watch-{self.name}")
         log.info("model ready model=%s handle=%s pid=%s load_s=%.2f total_s=%.2f", self.name, self.handle_id,
                  handle.pid, handle.load_seconds, time.perf_counter() - started)
         return handle
+
+    async def _watch(self, handle: WorkerHandle) -> None:
+        """Notice a worker that ends by itself, idle or busy, and tell the pool at once."""
+        await handle.exited.wait()
+        if handle is self.handle and isinstance(handle.exit_error, WorkerCrashed):
+            self._note_crash(handle.exit_error)
+            if self.on_exit is not None:
+                self.on_exit(self, handle.exit_error)
 
     def _record_exit(self, handle: WorkerHandle) -> None:
         if handle.exit_error is not None and isinstance(handle.exit_error, WorkerCrashed):
@@ -168,9 +200,13 @@ class ModelInstance:
         if self.handle is not None:
             self.state = InstanceState.STOPPING
             await self.handle.stop()
+        if self._watcher is not None:
+            self._watcher.cancel()
         self.state = InstanceState.UNLOADED
 
     def _note_crash(self, exc: WorkerCrashed) -> None:
+        if self.state is not InstanceState.CRASHED:
+            self.crashes += 1
         self.state = InstanceState.CRASHED
         self.last_exit = exc.message
 
@@ -198,7 +234,7 @@ class ModelInstance:
                 self._pending_abort_key = ""
                 yield GenerationResult("", FinishReason.ABORT, 0, 0, 0.0, 0.0, 0)
                 return
-            handle = await self.ensure_ready()
+            handle = self.require_ready()
             self._running_key = genkey
             self._partial = []
             self._abort_current = abort = asyncio.Event()
@@ -230,6 +266,8 @@ class ModelInstance:
 
     def _record_perf(self, done: p.Done) -> None:
         r = _result(done)
+        self.requests += 1
+        self.tokens += r.completion_tokens
         self.perf = Perf(r.prompt_seconds, r.generation_seconds, r.prompt_tokens, r.completion_tokens, r.seed,
                          KOBOLD_STOP_REASON[r.finish_reason], self.perf.total_gens + 1)
 
@@ -268,12 +306,10 @@ class ModelInstance:
 
     # -- tokens -------------------------------------------------------------------------------------
     async def tokenize(self, text: str, special: bool = True) -> list[int]:
-        handle = await self.ensure_ready()
-        return list(await handle.call(p.Tokenize, text=text, special=special))
+        return list(await self.require_ready().call(p.Tokenize, text=text, special=special))
 
     async def detokenize(self, ids: list[int]) -> str:
-        handle = await self.ensure_ready()
-        return str(await handle.call(p.Detokenize, ids=ids))
+        return str(await self.require_ready().call(p.Detokenize, ids=ids))
 
 
 def _result(done: p.Done) -> GenerationResult:

@@ -1,62 +1,456 @@
-"""The pool: the model instances this server can serve, and which one is active.
+"""The pool: runs the policy's decisions on real workers, and is what every route talks to.
 
-Today it holds the one ``--model`` entry (the *active* model, which un-prefixed KoboldCpp routes
-serve). The multi-model pool (memory budget, eviction, keep-alive, hot swap) grows here behind the
-same ``get``/``active`` surface, so the dialects do not change when it does.
+``PoolPolicy`` decides (pure, synchronous); this class carries its decisions out — it *is* the
+policy's ``Effects`` — and feeds the outcomes back as events. It owns the model instances, the
+tasks that load and stop them, the warm spare worker, quarantine and crash back-off, and the
+periodic tick (keep-alive expiry, waiting deadlines, memory measurement, catalog rescans).
+
+A request goes through ``acquire`` → ``Lease``: the policy admits it (loading the model, evicting
+idle ones, or making it wait), the lease's ``ready()`` waits for the load, and ``release()`` tells the
+policy the request is over, which is what keeps busy instances from being evicted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
-from warren.errors import ModelNotFound, WarrenError
-from warren.pool.instance import ModelInstance
+import psutil
+
+from warren.catalog import Catalog, CatalogEntry
+from warren.errors import (
+    HandleGone,
+    ModelNotFound,
+    Quarantined,
+    WarrenError,
+    WorkerLoadFailed,
+)
+from warren.pool.events import EventBus
+from warren.pool.instance import InstanceState, ModelInstance
+from warren.pool.policy import Phase, PoolPolicy
 from warren.settings import ModelSettings, ServerSettings
+from warren.worker.handle import WorkerHandle
 
 log = logging.getLogger(__name__)
 
+TICK_SECONDS = 1.0  # keep-alive and waiting deadlines are checked this often
+MEASURE_EVERY = 5  # ticks between memory measurements and catalog rescans
+CRASH_WINDOW = 120.0  # crashes older than this are forgotten
+CRASH_LOOP_LIMIT = 4  # this many crashes within the window quarantine the model
+BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0  # seconds before restarting after the n-th crash: base * 2**(n-1)
+
+
+def measure_footprint(pid: int) -> int:
+    """Private + proportional shared memory of one worker (PSS), or RSS where PSS is not available."""
+    try:
+        proc = psutil.Process(pid)
+        try:
+            return int(proc.memory_full_info().pss)
+        except (AttributeError, psutil.AccessDenied):
+            return int(proc.memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+def split_handle(name: str) -> tuple[str, int | None]:
+    """``smol@3`` -> ("smol", 3); ``koboldcpp/smol`` -> ("smol", None)."""
+    name = name.removeprefix("koboldcpp/")
+    base, sep, gen = name.rpartition("@")
+    if sep and gen.isdigit():
+        return base, int(gen)
+    return name, None
+
+
+class Lease:
+    """One admitted request on one model. ``release()`` is idempotent and must always be called."""
+
+    def __init__(self, pool: Pool, instance: ModelInstance) -> None:
+        self.pool = pool
+        self.instance = instance
+        self._released = False
+
+    async def ready(self) -> ModelInstance:
+        inst = self.instance
+        if not (inst.state is InstanceState.READY and inst.handle is not None and inst.handle.alive):
+            task = self.pool._loads.get(inst.name)
+            if task is not None:
+                await asyncio.shield(task)
+            inst.require_ready()
+        return inst
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.pool.policy.released(self.instance.name, self.pool.clock())
+
+    async def __aenter__(self) -> ModelInstance:
+        try:
+            return await self.ready()
+        except BaseException:
+            self.release()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
 
 class Pool:
-    def __init__(self, server: ServerSettings, models: list[ModelSettings], *, heartbeat: bool = True) -> None:
+    def __init__(self, server: ServerSettings, catalog: Catalog, *, budget: int, max_models: int = 0,
+                 keep_alive: float = 300.0, wait_seconds: float = 60.0, heartbeat: bool = True,
+                 warm_spare: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.server = server
-        self.instances: dict[str, ModelInstance] = {
-            m.name: ModelInstance(m, queue_limit=server.queue_limit, heartbeat=heartbeat) for m in models
-        }
-        self.active_name: str | None = models[0].name if models else None
+        self.catalog = catalog
+        self.clock = clock
+        self.heartbeat = heartbeat
+        self.warm_spare = warm_spare
+        self.policy = PoolPolicy(self, budget=budget, max_models=max_models, keep_alive=keep_alive,
+                                 wait_seconds=wait_seconds)
+        self.instances: dict[str, ModelInstance] = {}
+        self.active_name: str | None = catalog.active.name if catalog.active else None
+        self.events = EventBus()
+        self.evictions: dict[str, int] = {}
+        self._tickets: dict[int, asyncio.Future[str]] = {}
+        self._ticket_ids = itertools.count(1)
+        self._loads: dict[str, asyncio.Task[None]] = {}
+        self._stops: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._quarantine: dict[str, tuple[tuple[Any, ...], str]] = {}
+        self._crash_times: dict[str, list[float]] = {}
+        self._measured: dict[str, int] = {}
+        self._spare: WorkerHandle | None = None
+        self._spare_task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
 
-    @property
-    def active(self) -> ModelInstance | None:
-        return self.instances.get(self.active_name) if self.active_name else None
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def start(self, preload: bool = True) -> None:
+        self.catalog.refresh()
+        self._ticker = asyncio.create_task(self._tick_loop(), name="pool-tick")
+        if not preload:
+            return
+        names = [e.name for e in self.catalog.entries.values() if e.pinned and e.valid]
+        if self.active_name and self.active_name not in names:
+            names.insert(0, self.active_name)
+        for name in names:
+            try:
+                await self.load(name, pin=True if self.catalog.entries[name].pinned else None)
+            except WarrenError as exc:
+                log.error("model failed to load at start-up model=%s error=%s", name, exc.message)
+        self._ensure_spare()
 
-    def names(self) -> list[str]:
-        return list(self.instances)
+    async def close(self) -> None:
+        """Shut down: stop every worker (and the spare) and every pool task."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for task in list(self._loads.values()) + list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._loads.values(), *self._tasks, return_exceptions=True)
+        stops = [i.stop() for i in self.instances.values()]
+        if self._spare is not None:
+            stops.append(self._spare.stop())
+        await asyncio.gather(*stops, return_exceptions=True)
 
-    def get(self, name: str | None = None) -> ModelInstance:
-        """The instance for ``name`` (a catalog name, ``koboldcpp/<name>`` or a handle), or the active one."""
-        if not name:
-            if self.active is None:
-                raise ModelNotFound("no model is loaded (the server was started with --nomodel)",
-                                    hint="start warren with a model file")
-            return self.active
-        key = name.removeprefix("koboldcpp/").split("@", 1)[0]
-        instance = self.instances.get(key)
-        if instance is None:
-            known = ", ".join(self.instances) or "none"
-            raise ModelNotFound(f"model {name!r} not found; available: {known}", model=name)
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None and not isinstance(t.exception(), WarrenError):
+                log.error("pool task failed task=%s", t.get_name(), exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    # -- the request path ---------------------------------------------------------------------------------
+    def instance_for(self, name: str | None) -> ModelInstance:
+        """The instance info routes describe (perf, context size, genkey polling), without loading it."""
+        base, _ = split_handle(self._name_or_active(name))
+        return self.instances.get(base) or self._instance(self._valid_entry(self.catalog.get(base)))
+
+    def _name_or_active(self, name: str | None) -> str:
+        if name:
+            return name
+        if self.active_name is None:
+            raise ModelNotFound("no model is loaded (the server was started with --nomodel)",
+                                hint="load one with POST /api/admin/reload_config or POST /api/models/NAME/load")
+        return self.active_name
+
+    @staticmethod
+    def _valid_entry(entry: CatalogEntry) -> CatalogEntry:
+        if not entry.valid:
+            raise WorkerLoadFailed(f"model {entry.name!r} cannot be loaded: {entry.error}", model=entry.name)
+        return entry
+
+    async def acquire(self, name: str | None) -> Lease:
+        """Admit one request on ``name`` (a model, ``koboldcpp/<model>``, a handle ``model@N``, or None for
+        the active model). May load the model, evict idle ones, or wait for room."""
+        base, generation = split_handle(self._name_or_active(name))
+        entry = self.catalog.get(base)
+        if generation is not None:
+            self._check_handle(base, generation)
+        self._check_loadable(entry)
+        instance = self._instance(entry)
+        ticket = next(self._ticket_ids)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._tickets[ticket] = future
+        self.policy.request(ticket, base, self._need(entry), self.clock())
+        try:
+            await future
+        finally:
+            self._tickets.pop(ticket, None)
+        return Lease(self, instance)
+
+    def _check_handle(self, name: str, generation: int) -> None:
+        inst = self.instances.get(name)
+        resident = self.policy.residents.get(name)
+        if inst is None or inst.generation != generation or resident is None or resident.phase is Phase.STOPPING:
+            now = f"; it is now {inst.handle_id}" if inst and resident and resident.phase is not Phase.STOPPING \
+                else ""
+            raise HandleGone(f"handle {name}@{generation} is gone: that instance of model {name!r} was unloaded{now}",
+                             hint=f"address the model as {name!r} to get whichever instance serves it", model=name)
+
+    def _check_loadable(self, entry: CatalogEntry) -> None:
+        self._valid_entry(entry)
+        quarantined = self._quarantine.get(entry.name)
+        if quarantined is not None:
+            fingerprint, reason = quarantined
+            if fingerprint == entry.fingerprint:
+                raise Quarantined(f"model {entry.name!r} is quarantined: {reason}",
+                                  hint="fix its file or settings, or load it explicitly with "
+                                       f"POST /api/models/{entry.name}/load", model=entry.name)
+            del self._quarantine[entry.name]  # the file or settings changed: try again
+
+    def _instance(self, entry: CatalogEntry) -> ModelInstance:
+        assert entry.settings is not None
+        inst = self.instances.get(entry.name)
+        if inst is None:
+            inst = ModelInstance(entry.settings, queue_limit=self.server.queue_limit, heartbeat=self.heartbeat,
+                                 on_exit=self._on_crash)
+            self.instances[entry.name] = inst
+        elif inst.settings != entry.settings and inst.name not in self.policy.residents:
+            inst.settings = entry.settings  # the entry changed while it was not loaded
+        return inst
+
+    def _need(self, entry: CatalogEntry) -> int:
+        """Bytes to reserve: the last measured footprint of this entry, else its estimate."""
+        measured = self._measured.get(entry.name)
+        if measured:
+            return measured
+        return entry.estimate.total if entry.estimate else 0
+
+    # -- Effects (called by the policy, synchronously) ----------------------------------------------------
+    def start_load(self, model: str, evict: Sequence[str]) -> None:
+        self._loads[model] = self._spawn(self._load(model, list(evict)), f"load-{model}")
+
+    def stop(self, model: str, reason: str) -> None:
+        self._stops[model] = self._spawn(self._stop(model, reason), f"stop-{model}")
+
+    def grant(self, ticket: int, model: str) -> None:
+        future = self._tickets.get(ticket)
+        if future is not None and not future.done():
+            future.set_result(model)
+        else:  # the client left while waiting: hand the admission straight back
+            asyncio.get_running_loop().call_soon(self.policy.released, model, self.clock())
+
+    def reject(self, ticket: int, error: WarrenError) -> None:
+        future = self._tickets.get(ticket)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    # -- carrying the effects out -------------------------------------------------------------------------
+    async def _load(self, model: str, evict: list[str]) -> None:
+        for victim in evict:
+            self.evictions[victim] = self.evictions.get(victim, 0) + 1
+            log.info("evicting model=%s to load model=%s", victim, model)
+            self.stop(victim, f"evicted for {model}")
+        await asyncio.gather(*self._stops.values(), return_exceptions=True)  # memory first, then the new worker
+        await self._crash_backoff(model)
+        entry = self.catalog.entries.get(model) or self.catalog.get(model)
+        instance = self._instance(entry)
+        self._publish(instance, "loading")
+        started = time.perf_counter()
+        try:
+            await instance.load(self._take_spare(instance.settings))
+        except WarrenError as exc:
+            if isinstance(exc, WorkerLoadFailed):
+                self._quarantine[model] = (entry.fingerprint, exc.message)
+            self.policy.load_finished(model, ok=False, measured=0, load_seconds=0.0, now=self.clock())
+            self._publish(instance, "load_failed", error=exc.message)
+            raise
+        assert instance.handle is not None
+        footprint = measure_footprint(instance.handle.pid)
+        self._measured[model] = footprint
+        self.policy.load_finished(model, ok=True, measured=footprint, load_seconds=time.perf_counter() - started,
+                                  now=self.clock())
+        if entry.pinned:
+            self.policy.configure(model, pinned=True)
+        if entry.keep_alive is not None:
+            self.policy.configure(model, keep_alive=entry.keep_alive)
+        elif model == self.active_name:
+            self.policy.configure(model, keep_alive=-1)  # as KoboldCpp: the active model stays loaded
+        self._publish(instance, "ready")
+        self._ensure_spare()
+
+    async def _stop(self, model: str, reason: str) -> None:
+        instance = self.instances.get(model)
+        try:
+            if instance is not None:
+                log.info("unloading model=%s reason=%s", model, reason)
+                instance.last_exit = f"unloaded: {reason}"
+                await instance.stop()
+                self._publish(instance, "unloaded", reason=reason)
+        finally:
+            if self._stops.get(model) is asyncio.current_task():
+                del self._stops[model]
+            self.policy.exited(model, self.clock())
+
+    def _on_crash(self, instance: ModelInstance, error: WarrenError) -> None:
+        now = self.clock()
+        times = [t for t in self._crash_times.get(instance.name, []) if now - t < CRASH_WINDOW] + [now]
+        self._crash_times[instance.name] = times
+        if len(times) >= CRASH_LOOP_LIMIT:
+            entry = self.catalog.entries.get(instance.name)
+            self._quarantine[instance.name] = (entry.fingerprint if entry else (),
+                                               f"it crashed {len(times)} times in {CRASH_WINDOW:.0f} s "
+                                               f"(last: {error.message})")
+        self.policy.exited(instance.name, now)
+        self._publish(instance, "crashed", error=error.message)
+
+    async def _crash_backoff(self, model: str) -> None:
+        times = [t for t in self._crash_times.get(model, []) if self.clock() - t < CRASH_WINDOW]
+        if times:
+            delay = min(BACKOFF_BASE * 2 ** (len(times) - 1), BACKOFF_MAX) - (self.clock() - times[-1])
+            if delay > 0:
+                log.info("restarting after a crash model=%s backoff_s=%.1f", model, delay)
+                await asyncio.sleep(delay)
+
+    # -- warm spare ---------------------------------------------------------------------------------------
+    def _ensure_spare(self) -> None:
+        if not self.warm_spare or self._spare is not None or (self._spare_task and not self._spare_task.done()):
+            return
+        self._spare_task = self._spawn(self._start_spare(), "spare")
+
+    async def _start_spare(self) -> None:
+        handle = WorkerHandle(ModelSettings(name="spare", path=Path("/dev/null")), heartbeat=self.heartbeat)
+        try:
+            await handle.start()
+        except WarrenError as exc:
+            log.warning("warm spare worker did not start error=%s", exc.message)
+            return
+        self._spare = handle
+
+    def _take_spare(self, settings: ModelSettings) -> WorkerHandle | None:
+        spare, self._spare = self._spare, None
+        if spare is not None and (settings.engine != "llama" or not spare.alive):
+            self._spawn(spare.stop(), "spare-stop")
+            return None
+        return spare
+
+    # -- operator actions ---------------------------------------------------------------------------------
+    async def load(self, name: str, *, pin: bool | None = None, keep_alive: float | None = None) -> ModelInstance:
+        """Load ``name`` now (lifting a quarantine: an operator asked), then apply pin/keep-alive."""
+        base, _ = split_handle(name)
+        self._quarantine.pop(base, None)
+        self._crash_times.pop(base, None)
+        lease = await self.acquire(base)
+        try:
+            instance = await lease.ready()
+            self.policy.configure(base, pinned=pin, keep_alive=keep_alive)
+            return instance
+        finally:
+            lease.release()
+
+    def unload(self, name: str, reason: str = "unload requested") -> bool:
+        base, generation = split_handle(name)
+        if generation is not None:
+            self._check_handle(base, generation)
+        return self.policy.unload(base, reason, self.clock())
+
+    async def activate(self, name: str) -> ModelInstance:
+        """Hot swap: make ``name`` the active model. New requests wait for it; if it fails to load, the
+        previous active model stays active (and loaded, unless the budget needed its room)."""
+        previous = self.active_name
+        self.active_name = name
+        try:
+            instance = await self.load(name)
+        except WarrenError:
+            self.active_name = previous
+            raise
+        self.policy.configure(name, keep_alive=-1)
+        if previous and previous != name:
+            self.policy.configure(previous, pinned=False, clear_keep_alive=True)
+        self.events.publish("active", model=name)
         return instance
 
-    async def start(self) -> None:
-        """Load the active model at start-up so the first request does not pay for it."""
-        if self.active is not None:
-            try:
-                await self.active.ensure_ready()
-            except WarrenError as exc:
-                log.error("model failed to load model=%s error=%s", self.active.name, exc.message)
+    def deactivate(self) -> None:
+        if self.active_name is not None:
+            self.unload(self.active_name, "unloaded by the admin")
+        self.active_name = None
+        self.events.publish("active", model=None)
 
-    async def stop(self) -> None:
-        await asyncio.gather(*(i.stop() for i in self.instances.values()), return_exceptions=True)
+    # -- periodic work ------------------------------------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        for n in itertools.count():
+            await asyncio.sleep(TICK_SECONDS)
+            self.policy.tick(self.clock())
+            if n % MEASURE_EVERY == 0:
+                self._measure()
+                with contextlib.suppress(WarrenError):
+                    self.catalog.refresh()
+
+    def _measure(self) -> None:
+        for name, resident in self.policy.residents.items():
+            inst = self.instances.get(name)
+            if resident.phase is Phase.READY and inst and inst.handle and inst.handle.alive:
+                footprint = measure_footprint(inst.handle.pid)
+                self._measured[name] = max(footprint, self._measured.get(name, 0))
+                self.policy.measured(name, footprint)
+
+    # -- status -------------------------------------------------------------------------------------------
+    def _publish(self, instance: ModelInstance, event: str, **extra: Any) -> None:
+        self.events.publish(event, model=instance.name, instance=self.describe(instance.name), **extra)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        entry = self.catalog.entries.get(name)
+        inst = self.instances.get(name)
+        resident = self.policy.residents.get(name)
+        status = inst.status() if inst else {"name": name, "handle": None, "state": "unloaded", "pid": None}
+        if inst and resident is None and status["state"] in ("ready", "busy", "loading", "starting"):
+            status["state"] = "unloaded"
+        if name in self._quarantine and status["state"] not in ("ready", "busy"):
+            status["state"] = "load_failed" if inst is None or inst.state is not InstanceState.CRASHED else "crashed"
+            status["quarantined"] = self._quarantine[name][1]
+        now = self.clock()
+        keep = None
+        if resident is not None:
+            keep = resident.keep_alive if resident.keep_alive is not None else self.policy.keep_alive
+        status.update({
+            "active": name == self.active_name,
+            "memory": {"estimate": entry.estimate.as_dict() if entry and entry.estimate else None,
+                       "measured": self._measured.get(name) if resident else None,
+                       "reserved": resident.bytes if resident else 0},
+            "in_flight": resident.in_flight if resident else 0,
+            "pinned": bool(resident and resident.pinned) or bool(entry and entry.pinned),
+            "keep_alive": keep,
+            "expires_in": (max(0.0, keep - (now - resident.last_used))
+                           if resident and keep is not None and keep >= 0 and not resident.pinned
+                           and not resident.in_flight else None),
+            "last_used_ago": (now - resident.last_used) if resident else None,
+            "evictions": self.evictions.get(name, 0),
+            "crashes": inst.crashes if inst else 0,
+            "settings": entry.describe()["settings"] if entry else None,
+            "error": entry.error if entry and not entry.valid else status.get("last_error"),
+        })
+        return status
 
     def status(self) -> dict[str, Any]:
-        return {"active": self.active_name, "instances": [i.status() for i in self.instances.values()]}
+        names = list(dict.fromkeys([*self.catalog.entries, *self.instances]))
+        measured = sum(self._measured.get(n, 0) for n, r in self.policy.residents.items() if r.phase is Phase.READY)
+        return {**self.policy.status(), "measured": measured, "active": self.active_name,
+                "instances": [self.describe(n) for n in names]}

@@ -98,6 +98,11 @@ class WorkerHandle:
             raise WorkerLoadFailed(f"the worker for model {self.name!r} did not start within {HELLO_TIMEOUT:.0f} s",
                                    hint=self._tail_hint()) from None
 
+    def adopt(self, settings: ModelSettings) -> None:
+        """A warm spare (started, nothing loaded) becomes this model's worker."""
+        self.settings = settings
+        self.name = settings.name
+
     async def load(self) -> dict[str, Any]:
         frame = await self._request(p.Load(id=next(self._ids), settings=self.settings.as_wire()), self._load_timeout)
         assert isinstance(frame, p.Ready)

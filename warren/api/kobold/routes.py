@@ -57,7 +57,7 @@ async def model_name(request: Request) -> dict[str, str]:
     pool = get_pool(request)
     if not bearer_ok(request, pool.server.password):
         return {"result": "koboldcpp/protected-model"}
-    if model_from_path(request) is None and pool.active is None:
+    if model_from_path(request) is None and pool.active_name is None:
         return {"result": "koboldcpp/inactive"}  # KoboldCpp's name when started with --nomodel
     return {"result": f"koboldcpp/{get_instance(request).name}"}
 
@@ -72,7 +72,7 @@ async def extra_version(pool: Pool = Depends(get_pool)) -> dict[str, Any]:
     s = pool.server
     admin = 0 if not (s.admin and s.admin_dir) else (2 if s.admin_password else 1)
     return {"result": "KoboldCpp", "version": KOBOLDCPP_VERSION, "warren": __version__,
-            "protected": bool(s.password), "llm": pool.active is not None, "txt2img": False, "vision": False,
+            "protected": bool(s.password), "llm": pool.active_name is not None, "txt2img": False, "vision": False,
             "audio": False, "transcribe": False, "multiplayer": False, "websearch": False, "tts": False,
             "embeddings": False, "savedata": False, "admin": admin, "guidance": False, "jinja": True}
 
@@ -124,19 +124,24 @@ def _result_body(r: GenerationResult) -> dict[str, Any]:
 
 
 @_post(_both("/generate"), dependencies=protected)
-async def generate(body: GenerateRequest, request: Request,
-                   instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
-    await instance.ensure_ready()
-    params = to_params(body, get_pool(request).server, instance.context_size)
-    return _result_body(await instance.complete(params, genkey=body.genkey))
+async def generate(body: GenerateRequest, request: Request) -> dict[str, Any]:
+    pool = get_pool(request)
+    async with await pool.acquire(model_from_path(request)) as instance:
+        params = to_params(body, pool.server, instance.context_size)
+        return _result_body(await instance.complete(params, genkey=body.genkey))
 
 
 @_post(["/api/extra/generate/stream"], dependencies=protected)
-async def generate_stream(body: GenerateRequest, request: Request,
-                          instance: ModelInstance = Depends(get_instance)) -> StreamingResponse:
-    await instance.ensure_ready()
-    params = to_params(body, get_pool(request).server, instance.context_size)
-    first, rest = await start_generation(instance, params, stream=True, genkey=body.genkey)
+async def generate_stream(body: GenerateRequest, request: Request) -> StreamingResponse:
+    pool = get_pool(request)
+    lease = await pool.acquire(model_from_path(request))
+    try:
+        instance = await lease.ready()
+        params = to_params(body, pool.server, instance.context_size)
+        first, rest = await start_generation(instance, params, stream=True, genkey=body.genkey)
+    except BaseException:
+        lease.release()
+        raise
 
     def on_item(item: Item) -> list[bytes]:
         if isinstance(item, str):
@@ -146,8 +151,8 @@ async def generate_stream(body: GenerateRequest, request: Request,
     def on_error(exc: WarrenError) -> list[bytes]:
         return [sse.event(error_body(Dialect.KOBOLD, exc), "error")]
 
-    return StreamingResponse(stream_events(first, rest, on_item, on_error), media_type="text/event-stream",
-                             headers=sse.SSE_HEADERS)
+    return StreamingResponse(stream_events(first, rest, on_item, on_error, on_close=lease.release),
+                             media_type="text/event-stream", headers=sse.SSE_HEADERS)
 
 
 @_post(["/api/extra/generate/check"], dependencies=protected)
@@ -168,11 +173,13 @@ async def abort(body: GenKeyRequest, instance: ModelInstance = Depends(get_insta
 
 # -- tokens --------------------------------------------------------------------------------------------
 @_post(["/api/extra/tokencount", "/api/extra/tokenize"], dependencies=protected)
-async def tokenize(body: TokenizeRequest, instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
-    ids = await instance.tokenize(body.prompt, body.special)
+async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+    async with await get_pool(request).acquire(model_from_path(request)) as instance:
+        ids = await instance.tokenize(body.prompt, body.special)
     return {"value": len(ids), "ids": ids}
 
 
 @_post(["/api/extra/detokenize"], dependencies=protected)
-async def detokenize(body: DetokenizeRequest, instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
-    return {"result": await instance.detokenize(body.ids), "success": True}
+async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
+    async with await get_pool(request).acquire(model_from_path(request)) as instance:
+        return {"result": await instance.detokenize(body.ids), "success": True}

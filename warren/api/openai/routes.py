@@ -8,6 +8,7 @@ The ``model`` field routes the request: it must name a model the server has (404
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -28,20 +29,17 @@ router = APIRouter()
 protected = [Depends(require_api_key)]
 
 
-def _instance(request: Request, model: str | None) -> ModelInstance:
-    """``/m/{name}`` wins; otherwise the body's ``model``; otherwise the active model."""
-    return get_pool(request).get(model_from_path(request) or model)
-
-
 @router.get("/v1/models")
 async def list_models(pool: Pool = Depends(get_pool)) -> dict[str, Any]:
+    """Every catalog entry, with its state (loaded or not), handle and whether it is the active model."""
     now = int(time.time())
     return {"object": "list", "data": [
-        {"id": i.name, "object": "model", "created": now, "owned_by": "warren", "state": i.status()["state"]}
-        for i in pool.instances.values()]}
+        {"id": d["name"], "object": "model", "created": now, "owned_by": "warren", "state": d["state"],
+         "handle": d["handle"], "active": d["active"]} for d in pool.status()["instances"]]}
 
 
-def _stream(instance: ModelInstance, first: Item, rest: Any, chat: bool, include_usage: bool) -> StreamingResponse:
+def _stream(instance: ModelInstance, first: Item, rest: Any, chat: bool, include_usage: bool,
+            on_close: Callable[[], None]) -> StreamingResponse:
     chunk_id = translate.new_id("chatcmpl" if chat else "cmpl")
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -71,35 +69,42 @@ def _stream(instance: ModelInstance, first: Item, rest: Any, chat: bool, include
         if chat:
             yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                          "finish_reason": None})
-        async for part in stream_events(first, rest, on_item, on_error):
+        async for part in stream_events(first, rest, on_item, on_error, on_close):
             yield part
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=sse.SSE_HEADERS)
 
 
-async def _run(instance: ModelInstance, params: GenerationParams, stream: bool, chat: bool,
-               include_usage: bool, echo: str = "") -> Any:
-    if stream:
-        first, rest = await start_generation(instance, params, stream=True)
-        return _stream(instance, first, rest, chat, include_usage)
-    result = await instance.complete(params)
+async def _run(request: Request, model: str | None, make_params: Callable[[ModelInstance], GenerationParams],
+               stream: bool, chat: bool, include_usage: bool, echo: bool = False) -> Any:
+    """``/m/{name}`` wins over the body's ``model``; neither means the active model."""
+    lease = await get_pool(request).acquire(model_from_path(request) or model)
+    try:
+        instance = await lease.ready()
+        params = make_params(instance)
+        if stream:
+            first, rest = await start_generation(instance, params, stream=True)
+            return _stream(instance, first, rest, chat, include_usage, lease.release)
+        result = await instance.complete(params)
+    except BaseException:
+        lease.release()
+        raise
+    lease.release()
     return translate.chat_body(result, instance.name) if chat else \
-        translate.completion_body(result, instance.name, echo)
+        translate.completion_body(result, instance.name, params.prompt if echo else "")
 
 
 @router.post("/v1/completions", dependencies=protected)
 async def completions(body: CompletionRequest, request: Request) -> Any:
-    instance = _instance(request, body.model)
-    await instance.ensure_ready()
-    params = translate.completion_params(body, get_pool(request).server)
+    server = get_pool(request).server
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _run(instance, params, body.stream, False, include_usage, params.prompt if body.echo else "")
+    return await _run(request, body.model, lambda _i: translate.completion_params(body, server), body.stream,
+                      False, include_usage, body.echo)
 
 
 @router.post("/v1/chat/completions", dependencies=protected)
 async def chat_completions(body: ChatRequest, request: Request) -> Any:
-    instance = _instance(request, body.model)
-    await instance.ensure_ready()
-    params = translate.chat_params(body, get_pool(request).server, instance.model_info)
+    server = get_pool(request).server
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _run(instance, params, body.stream, True, include_usage)
+    return await _run(request, body.model, lambda i: translate.chat_params(body, server, i.model_info),
+                      body.stream, True, include_usage)

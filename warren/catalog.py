@@ -1,0 +1,289 @@
+"""The catalog: every model this server *can* load, with its load settings and policy knobs.
+
+Sources, in order (a later entry with a name already taken is skipped with a warning):
+
+1. ``--model``: the active model, named after its file stem.
+2. ``--catalog FILE.toml``: entries with their settings and knobs (``pinned``, ``keep_alive``, ``priority``)::
+
+       [defaults]
+       keep_alive = "10m"
+       [models.smol]
+       model = "/models/SmolLM2.gguf"      # or: config = "/models/smol.kcpps"
+       contextsize = 2048                  # any KoboldCpp model option
+       pinned = true
+
+3. every ``.gguf``, ``.kcpps`` and ``.kcppt`` file directly in ``--admindir`` / ``--models-dir``, named
+   after its stem. A ``.gguf`` gets the command line's model settings; a ``.kcpps`` its own.
+
+Every entry goes through the same validation as the command line (``warren/validation.py``); an entry
+that fails is kept with its error, so it is listed and a load of it says why. ``refresh()`` rescans
+directories and re-reads only files whose size or mtime changed; an entry whose file vanished is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from warren.errors import ConfigError, ModelNotFound
+from warren.gguf.estimate import MemoryEstimate, estimate_memory
+from warren.kcpps import read_kcpps
+from warren.options import BY_KEY, Support, defaults
+from warren.settings import ModelSettings
+from warren.units import parse_duration
+from warren.validation import Environment, ValidationFailed, validate
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE_SUFFIXES = (".gguf", ".kcpps", ".kcppt")
+# Keys that belong to the server, not to a model: a catalog entry or .kcpps cannot change them.
+SERVER_KEYS = ("port", "host", "password", "adminpassword", "admin", "admindir", "multiuser", "maxrequestsize",
+               "defaultgenamt", "genlimit", "quiet", "debugmode", "nomodel", "config", "exportconfig", "analyze")
+POLICY_KEYS = ("pinned", "keep_alive", "priority")
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    name: str
+    origin: str  # "--model", "catalog", or the directory it was found in
+    source: Path  # the file that defines it (.gguf, .kcpps, or the catalog file)
+    settings: ModelSettings | None  # None when the entry is invalid
+    estimate: MemoryEstimate | None
+    error: str = ""
+    fingerprint: tuple[Any, ...] = ()  # changes when the file or the settings change
+    pinned: bool = False
+    keep_alive: float | None = None  # seconds; None: the server default; < 0: never unload
+    priority: int = 0  # among idle instances, lower priority is evicted first
+
+    @property
+    def valid(self) -> bool:
+        return self.settings is not None
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        return {"name": self.name, "origin": self.origin, "source": str(self.source), "valid": self.valid,
+                "error": self.error or None, "pinned": self.pinned, "keep_alive": self.keep_alive,
+                "priority": self.priority,
+                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in s.as_wire().items()} if s else None,
+                "estimate": self.estimate.as_dict() if self.estimate else None}
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return (-1, -1)
+
+
+class Catalog:
+    def __init__(self, base_opts: dict[str, Any], *, active: ModelSettings | None = None,
+                 dirs: tuple[Path, ...] = (), catalog_file: Path | None = None,
+                 env: Environment | None = None) -> None:
+        self.base_opts = base_opts  # the command line's merged options: model settings for directory .gguf files
+        self.active = active
+        self.dirs = dirs
+        self.catalog_file = catalog_file
+        self.env = env or Environment()
+        self.entries: dict[str, CatalogEntry] = {}
+        self._cache: dict[tuple[Any, ...], CatalogEntry] = {}
+
+    # -- building entries -----------------------------------------------------------------------------
+    def _server_opts(self) -> dict[str, Any]:
+        return {k: self.base_opts[k] for k in SERVER_KEYS if k in self.base_opts}
+
+    def _validated(self, name: str, origin: str, source: Path, opts: dict[str, Any], knobs: dict[str, Any],
+                   fingerprint: tuple[Any, ...]) -> CatalogEntry:
+        try:
+            plan = validate({**opts, "nomodel": False, "admin": False}, env=self.env, check_port=False)
+        except ValidationFailed as exc:
+            return CatalogEntry(name, origin, source, None, None, "; ".join(f.message for f in exc.errors),
+                                fingerprint, **knobs)
+        if plan.model is None or plan.gguf is None:
+            return CatalogEntry(name, origin, source, None, None, "no model file given", fingerprint, **knobs)
+        settings = dataclasses.replace(plan.model, name=name)
+        estimate = estimate_memory(plan.gguf, context_size=settings.context_size, batch_size=settings.batch_size,
+                                   quant_kv=settings.quant_kv)
+        return CatalogEntry(name, origin, source, settings, estimate, "", fingerprint + (settings,), **knobs)
+
+    def _from_gguf(self, path: Path, origin: str, extra: dict[str, Any] | None = None,
+                   knobs: dict[str, Any] | None = None, name: str | None = None) -> CatalogEntry:
+        opts = {**self.base_opts, **(extra or {}), "model": [str(path)]}
+        return self._validated(name or path.stem, origin, path, opts, knobs or {}, (str(path), _stat_key(path)))
+
+    def _from_kcpps(self, path: Path, origin: str, model_override: Path | None = None,
+                    knobs: dict[str, Any] | None = None, name: str | None = None) -> CatalogEntry:
+        fingerprint: tuple[Any, ...] = (str(path), _stat_key(path), str(model_override or ""))
+        try:
+            loaded = read_kcpps(path)
+        except ConfigError as exc:
+            return CatalogEntry(name or path.stem, origin, path, None, None, exc.message, fingerprint, **(knobs or {}))
+        values = dict(loaded.values)
+        if model_override is not None:
+            values["model"] = [str(model_override)]
+        model = (values.get("model") or [None])[0]
+        if model and not Path(model).is_absolute() and not Path(model).exists():
+            values["model"] = [str(path.parent / model)]  # relative to the config file, as users expect
+        opts = {**defaults(), **values, **self._server_opts()}
+        model_path = Path((opts.get("model") or [""])[0] or ".")
+        return self._validated(name or path.stem, origin, path, opts, knobs or {},
+                               fingerprint + (_stat_key(model_path),))
+
+    def _from_file(self, path: Path, origin: str) -> CatalogEntry:
+        key = (str(path), _stat_key(path), "file")
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        if path.suffix.lower() == ".gguf":
+            entry = self._from_gguf(path, origin)
+        else:
+            entry = self._from_kcpps(path, origin)
+        self._cache[key] = entry
+        return entry
+
+    def _from_catalog_file(self) -> list[CatalogEntry]:
+        assert self.catalog_file is not None
+        path = self.catalog_file
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read catalog file {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"catalog file {path} is not valid TOML: {exc}") from None
+        unknown = set(data) - {"defaults", "models"}
+        if unknown:
+            raise ConfigError(f"catalog file {path}: unknown section(s) {', '.join(sorted(unknown))}",
+                              hint="a catalog file has [defaults] and [models.NAME] tables")
+        base_knobs = self._knobs(data.get("defaults", {}), f"{path} [defaults]", allow_settings=False)
+        entries = []
+        for name, table in (data.get("models") or {}).items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"catalog file {path}: models.{name} is not a table")
+            table = dict(table)
+            knobs = {**base_knobs, **self._knobs(table, f"{path} [models.{name}]")}
+            for k in POLICY_KEYS:
+                table.pop(k, None)
+            config = table.pop("config", None)
+            model = table.pop("model", None)
+            self._check_option_keys(table, f"{path} [models.{name}]")
+            if config:
+                entries.append(self._from_kcpps(Path(config), "catalog", Path(model) if model else None, knobs, name))
+            elif model:
+                entries.append(self._from_gguf(Path(model), "catalog", table, knobs, name))
+            else:
+                raise ConfigError(f"catalog file {path}: models.{name} needs 'model' (a .gguf) or 'config' (a .kcpps)")
+        return entries
+
+    @staticmethod
+    def _knobs(table: dict[str, Any], where: str, allow_settings: bool = True) -> dict[str, Any]:
+        knobs: dict[str, Any] = {}
+        if not allow_settings and set(table) - set(POLICY_KEYS):
+            raise ConfigError(f"{where}: only {', '.join(POLICY_KEYS)} may be set here")
+        if "pinned" in table:
+            if not isinstance(table["pinned"], bool):
+                raise ConfigError(f"{where}: pinned must be true or false")
+            knobs["pinned"] = table["pinned"]
+        if "keep_alive" in table:
+            knobs["keep_alive"] = parse_duration(table["keep_alive"], f"{where}: keep_alive")
+        if "priority" in table:
+            if isinstance(table["priority"], bool) or not isinstance(table["priority"], int):
+                raise ConfigError(f"{where}: priority must be a whole number")
+            knobs["priority"] = table["priority"]
+        return knobs
+
+    @staticmethod
+    def _check_option_keys(table: dict[str, Any], where: str) -> None:
+        for key in table:
+            option = BY_KEY.get(key)
+            if option is None or option.support is Support.REFUSED or key in SERVER_KEYS:
+                raise ConfigError(f"{where}: {key!r} is not a model option warren takes",
+                                  hint="use KoboldCpp model option names (contextsize, threads, gpulayers …)")
+
+    # -- the catalog ----------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Rebuild the entries from their sources; unchanged files are not read again."""
+        entries: dict[str, CatalogEntry] = {}
+
+        def add(entry: CatalogEntry) -> None:
+            if entry.name in entries:
+                if entries[entry.name].source != entry.source:
+                    log.warning("catalog name taken; skipped name=%s source=%s", entry.name, entry.source)
+                return
+            entries[entry.name] = entry
+
+        if self.active is not None:
+            a = self.active
+            add(self.entries.get(a.name) if a.name in self.entries and self.entries[a.name].origin == "--model"
+                else self._active_entry())
+        if self.catalog_file is not None:
+            for entry in self._from_catalog_file():
+                add(entry)
+        for folder in self.dirs:
+            try:
+                names = sorted(os.listdir(folder))
+            except OSError as exc:
+                log.warning("cannot list model directory dir=%s error=%s", folder, exc)
+                continue
+            for filename in names:
+                path = self.inside(folder, filename)
+                if path is not None:
+                    add(self._from_file(path, str(folder)))
+        self.entries = entries
+
+    def _active_entry(self) -> CatalogEntry:
+        assert self.active is not None
+        from warren.gguf.reader import read_gguf
+
+        s = self.active
+        estimate = estimate_memory(read_gguf(s.path), context_size=s.context_size, batch_size=s.batch_size,
+                                   quant_kv=s.quant_kv)
+        return CatalogEntry(s.name, "--model", s.path, s, estimate, "", (str(s.path), _stat_key(s.path), s))
+
+    def get(self, name: str) -> CatalogEntry:
+        entry = self.entries.get(name)
+        if entry is None:
+            self.refresh()  # a file may have appeared since the last scan
+            entry = self.entries.get(name)
+        if entry is None:
+            known = ", ".join(self.entries) or "none"
+            raise ModelNotFound(f"model {name!r} not found; available: {known}", model=name)
+        return entry
+
+    def for_admin_file(self, filename: str, override: str | None = None) -> CatalogEntry:
+        """KoboldCpp ``reload_config``: a file directly inside a catalog directory (no paths, no links out)."""
+        for folder in self.dirs:
+            path = self.inside(folder, filename)
+            if path is None:
+                continue
+            if override:
+                override_path = self.inside(folder, override)
+                if override_path is None or path.suffix.lower() != ".gguf":
+                    raise ConfigError(f"overrideconfig {override!r} is not a .kcpps in the admin directory, or the "
+                                      "target is not a .gguf")
+                entry = self._from_kcpps(override_path, str(folder), model_override=path, name=path.stem)
+            else:
+                entry = self._from_file(path, str(folder))
+            self.entries[entry.name] = entry
+            return entry
+        raise ModelNotFound(f"{filename!r} is not a model file in the admin directory", model=filename)
+
+    @staticmethod
+    def inside(folder: Path, filename: str) -> Path | None:
+        """``folder/filename`` if it is a model file directly inside ``folder`` after resolving links."""
+        if not filename or "/" in filename or "\\" in filename or filename in (".", ".."):
+            return None
+        if not filename.lower().endswith(MODEL_FILE_SUFFIXES):
+            return None
+        path = folder / filename
+        try:
+            resolved = path.resolve(strict=True)
+        except OSError:
+            return None
+        if resolved.parent != folder.resolve() or not resolved.is_file():
+            return None  # a symlink that leads out of the directory
+        return path
