@@ -61,6 +61,12 @@ class CatalogEntry:
     priority: int = 0  # among idle instances, lower priority is evicted first
 
     @property
+    def stale(self) -> bool:
+        """Whether a file this entry was built from changed since (the fingerprint holds their stats)."""
+        return any(isinstance(p, str) and isinstance(k, tuple) and _stat_key(Path(p)) != k
+                   for p, k in zip(self.fingerprint, self.fingerprint[1:], strict=False))
+
+    @property
     def valid(self) -> bool:
         return self.settings is not None
 
@@ -132,7 +138,7 @@ class Catalog:
         opts = {**defaults(), **values, **self._server_opts()}
         model_path = Path((opts.get("model") or [""])[0] or ".")
         return self._validated(name or path.stem, origin, path, opts, knobs or {},
-                               fingerprint + (_stat_key(model_path),))
+                               fingerprint + (str(model_path), _stat_key(model_path)))
 
     def _from_file(self, path: Path, origin: str) -> CatalogEntry:
         key = (str(path), _stat_key(path), "file")
@@ -217,9 +223,9 @@ class Catalog:
             entries[entry.name] = entry
 
         if self.active is not None:
-            a = self.active
-            add(self.entries.get(a.name) if a.name in self.entries and self.entries[a.name].origin == "--model"
-                else self._active_entry())
+            previous = self.entries.get(self.active.name)
+            keep = previous is not None and previous.origin == "--model" and not previous.stale
+            add(previous if keep and previous is not None else self._active_entry())
         if self.catalog_file is not None:
             for entry in self._from_catalog_file():
                 add(entry)
@@ -240,14 +246,18 @@ class Catalog:
         from warren.gguf.reader import read_gguf
 
         s = self.active
-        estimate = estimate_memory(read_gguf(s.path), context_size=s.context_size, batch_size=s.batch_size,
-                                   quant_kv=s.quant_kv)
-        return CatalogEntry(s.name, "--model", s.path, s, estimate, "", (str(s.path), _stat_key(s.path), s))
+        fingerprint = (str(s.path), _stat_key(s.path), s)
+        try:
+            estimate = estimate_memory(read_gguf(s.path), context_size=s.context_size, batch_size=s.batch_size,
+                                       quant_kv=s.quant_kv)
+        except ConfigError as exc:  # the file changed under a running server
+            return CatalogEntry(s.name, "--model", s.path, None, None, exc.message, fingerprint)
+        return CatalogEntry(s.name, "--model", s.path, s, estimate, "", fingerprint)
 
     def get(self, name: str) -> CatalogEntry:
         entry = self.entries.get(name)
-        if entry is None:
-            self.refresh()  # a file may have appeared since the last scan
+        if entry is None or entry.stale:
+            self.refresh()  # a file may have appeared or changed since the last scan
             entry = self.entries.get(name)
         if entry is None:
             known = ", ".join(self.entries) or "none"

@@ -28,9 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from warren.api import sse
 from warren.api.deps import bearer_ok, get_pool
-from warren.catalog import parse_duration
+from warren.catalog import Catalog
 from warren.errors import ConfigError, InvalidRequest, Unauthorized, WarrenError
 from warren.pool.pool import Pool
+from warren.units import parse_duration
 
 router = APIRouter()
 
@@ -68,6 +69,10 @@ def require_admin(request: Request) -> None:
                         hint="set --adminpassword to enable it")
 
 
+def pool_catalog(request: Request) -> Catalog:
+    return get_pool(request).catalog
+
+
 def kobold_admin_ok(request: Request) -> bool:
     pool = get_pool(request)
     return pool.server.admin and bool(pool.catalog.dirs) and admin_allowed(request)
@@ -91,7 +96,7 @@ async def list_options(request: Request) -> Any:
             files = os.listdir(folder)
         except OSError:
             continue
-        names += [f for f in files if f.endswith((".kcpps", ".kcppt", ".gguf")) and (folder / f).is_file()]
+        names += [f for f in files if pool_catalog(request).inside(folder, f) is not None]
     return sorted(names) + ["unload_model"]
 
 

@@ -1,0 +1,269 @@
+"""The pool with real workers: two catalog entries and a budget that fits one.
+
+Entries ``a`` and ``b`` are .kcpps files in an admin directory, both on the default model (so both are
+real), with a memory budget that holds one of them: every switch between them evicts the other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Server, start_server
+
+BODY = {"prompt": "Once upon a time", "max_length": 8, "temperature": 0}
+
+
+@pytest.fixture
+def admindir(tmp_path: Path, model_path: Path) -> Path:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name, ctx in (("a", 512), ("b", 768)):
+        (folder / f"{name}.kcpps").write_text(json.dumps({"model_param": str(model_path), "contextsize": ctx}))
+    return folder
+
+
+def pool_server(tmp_path: Path, admindir: Path, *extra: str) -> Server:
+    # 200M holds one of them (~170 MiB each), never both, even when another process maps the same
+    # GGUF and PSS gives each worker only a share of its pages.
+    return start_server(["--nomodel", "--admin", "--admindir", str(admindir), "--memory-budget", "200M",
+                         "--no-warm-spare", *extra], tmp_path)
+
+
+@pytest.fixture
+def srv(tmp_path: Path, admindir: Path) -> Iterator[Server]:
+    server = pool_server(tmp_path, admindir)
+    yield server
+    server.stop()
+
+
+def instance(server: Server, name: str) -> dict:
+    return next(i for i in server.pool()["instances"] if i["name"] == name)
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def test_catalog_lists_every_entry_with_its_state(srv: Server) -> None:
+    models = httpx.get(f"{srv.url}/v1/models").json()["data"]
+    assert {m["id"]: m["state"] for m in models} == {"a": "unloaded", "b": "unloaded"}
+    a = instance(srv, "a")
+    assert a["memory"]["estimate"]["total"] > 0 and a["settings"]["context_size"] == 512
+
+
+def test_budget_for_one_model_swaps_between_two(srv: Server) -> None:
+    c = srv.client()
+    assert c.post("/m/a/api/v1/generate", json=BODY).status_code == 200
+    first = instance(srv, "a")
+    assert first["state"] == "ready" and first["handle"] == "a@1" and first["memory"]["measured"] > 0
+    assert c.post("/m/b/api/v1/generate", json=BODY).status_code == 200  # evicts a
+    wait_for(lambda: instance(srv, "a")["state"] == "unloaded")
+    assert instance(srv, "b")["state"] == "ready" and instance(srv, "a")["evictions"] == 1
+    oai = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
+    r = oai.completions.create(model="a", prompt="Once upon a time", max_tokens=8, temperature=0)
+    assert r.model == "a" and instance(srv, "a")["handle"] == "a@2"
+    status = srv.pool()
+    assert status["reserved"] <= status["budget"]
+    assert sum(1 for i in status["instances"] if i["state"] == "ready") == 1, [(i["name"], i["state"], i["in_flight"], i["last_exit"]) for i in status["instances"]]
+
+
+def test_handles_are_stable_and_a_gone_handle_is_410(srv: Server) -> None:
+    c = srv.client()
+    loaded = c.post("/api/models/a/load", json={}).json()
+    assert loaded["handle"] == "a@1" and loaded["state"] == "ready"
+    assert set(loaded["memory"]) == {"estimate", "measured", "reserved"}
+    assert c.post("/m/a@1/api/v1/generate", json=BODY).status_code == 200
+    c.post("/api/models/b/load", json={})  # evicts a@1
+    gone = c.post("/m/a@1/api/v1/generate", json=BODY)
+    assert gone.status_code == 410 and "handle a@1 is gone" in gone.json()["detail"]["msg"]
+    oai = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        oai.completions.create(model="a@1", prompt="x", max_tokens=1)
+    assert info.value.status_code == 410
+
+
+def test_reload_config_hot_swaps_without_dropping_the_server(srv: Server) -> None:
+    c = srv.client()
+    assert c.get("/api/admin/list_options").json() == ["a.kcpps", "b.kcpps", "unload_model"]
+    assert c.get("/api/v1/model").json() == {"result": "koboldcpp/inactive"}
+    assert c.post("/api/admin/reload_config", json={"filename": "a.kcpps"}).json()["success"] is True
+    assert c.get("/api/v1/model").json() == {"result": "koboldcpp/a"}
+    assert c.post("/api/v1/generate", json=BODY).status_code == 200
+    # Swap while a stream runs on the old model: the stream finishes, the new model takes over.
+    chunks: list[str] = []
+
+    def stream() -> None:
+        with httpx.stream("POST", f"{srv.url}/api/extra/generate/stream", timeout=60,
+                          json={**BODY, "max_length": 60, "ban_eos_token": True}) as r:
+            chunks.extend(line for line in r.iter_lines() if line.startswith("data:"))
+
+    t = threading.Thread(target=stream)
+    t.start()
+    wait_for(lambda: instance(srv, "a")["in_flight"] == 1)
+    swap = c.post("/api/admin/reload_config", json={"filename": "b.kcpps"}).json()
+    t.join(60)
+    assert swap["success"] is True and swap["active"] == "b"
+    assert json.loads(chunks[-1][5:])["finish_reason"] == "length" and len(chunks) == 61
+    assert c.get("/api/v1/model").json() == {"result": "koboldcpp/b"}
+    assert c.post("/api/v1/generate", json=BODY).status_code == 200
+    # A failed swap leaves the previous model active and says why.
+    failed = c.post("/api/admin/reload_config", json={"filename": "nope.gguf"}).json()
+    assert failed["success"] is False and "not a model file" in failed["error"] and failed["active"] == "b"
+    assert c.post("/api/admin/reload_config", json={"filename": "unload_model"}).json()["success"] is True
+    assert c.get("/api/v1/model").json() == {"result": "koboldcpp/inactive"}
+
+
+def test_admin_files_outside_the_directory_are_refused(srv: Server, admindir: Path, tmp_path: Path,
+                                                        model_path: Path) -> None:
+    outside = tmp_path / "outside.gguf"
+    outside.symlink_to(model_path)
+    (admindir / "escape.gguf").symlink_to(outside)
+    c = srv.client()
+    assert "escape.gguf" not in c.get("/api/admin/list_options").json()
+    for name in ("../outside.gguf", "escape.gguf", "/etc/passwd", "a.kcpps/../../x.gguf"):
+        r = c.post("/api/admin/reload_config", json={"filename": name}).json()
+        assert r["success"] is False, name
+
+
+def test_pinned_model_is_not_evicted_and_the_other_gets_a_503(tmp_path: Path, admindir: Path) -> None:
+    server = pool_server(tmp_path, admindir, "--loadwait", "1")
+    try:
+        c = server.client()
+        assert c.post("/api/models/a/load", json={"pin": True}).json()["pinned"] is True
+        r = c.post("/m/b/api/v1/generate", json=BODY)
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert "no room to load model 'b'" in r.json()["detail"]["msg"]
+        assert instance(server, "a")["state"] == "ready"
+        assert c.post("/api/models/a/unload").json()["unloading"] is True
+        assert c.post("/m/b/api/v1/generate", json=BODY).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_busy_model_is_not_evicted_the_new_one_waits(srv: Server) -> None:
+    c = srv.client()
+    results: dict[str, int] = {}
+
+    def long_a() -> None:
+        results["a"] = c.post("/m/a/api/v1/generate", json={**BODY, "max_length": 80,
+                                                            "ban_eos_token": True}).status_code
+
+    t = threading.Thread(target=long_a)
+    t.start()
+    wait_for(lambda: instance(srv, "a")["state"] in ("ready", "busy") and instance(srv, "a")["in_flight"] == 1)
+    results["b"] = c.post("/m/b/api/v1/generate", json=BODY).status_code  # waits for a, then evicts it
+    t.join(60)
+    assert results == {"a": 200, "b": 200}
+    assert instance(srv, "a")["evictions"] == 1
+
+
+def test_keep_alive_unloads_idle_models(tmp_path: Path, admindir: Path) -> None:
+    server = pool_server(tmp_path, admindir, "--keepalive", "1")
+    try:
+        assert server.client().post("/m/a/api/v1/generate", json=BODY).status_code == 200
+        pid = instance(server, "a")["pid"]
+        wait_for(lambda: instance(server, "a")["state"] == "unloaded", timeout=10)
+        assert not Path(f"/proc/{pid}").exists()
+        assert "keep-alive expired" in instance(server, "a")["last_exit"]
+    finally:
+        server.stop()
+
+
+def test_model_larger_than_the_budget_is_refused_with_both_numbers(tmp_path: Path, admindir: Path) -> None:
+    server = start_server(["--nomodel", "--models-dir", str(admindir), "--memory-budget", "100M",
+                           "--no-warm-spare"], tmp_path)
+    try:
+        r = server.client().post("/m/a/api/v1/generate", json=BODY)
+        assert r.status_code == 507
+        msg = r.json()["detail"]["msg"]
+        assert "needs about 170 MiB" in msg and "memory budget of 100 MiB" in msg
+    finally:
+        server.stop()
+
+
+def test_load_failure_is_quarantined_until_the_file_changes(tmp_path: Path, admindir: Path) -> None:
+    from tests.unit.test_gguf_reader import write_gguf
+
+    broken = admindir / "broken.gguf"
+    write_gguf(broken)  # a valid GGUF header that llama.cpp cannot load (no real architecture data)
+    server = pool_server(tmp_path, admindir)
+    try:
+        c = server.client()
+        first = c.post("/m/broken/api/v1/generate", json=BODY)
+        assert first.status_code == 502 and first.json()["detail"]["type"] == "worker_load_failed"
+        second = c.post("/m/broken/api/v1/generate", json=BODY)
+        assert second.status_code == 503 and "quarantined" in second.json()["detail"]["msg"]
+        assert instance(server, "broken")["state"] == "load_failed"
+        os.utime(broken, (time.time() + 5, time.time() + 5))  # "fixed" (changed): tried again
+        assert c.post("/m/broken/api/v1/generate", json=BODY).status_code == 502
+    finally:
+        server.stop()
+
+
+def test_pool_events_and_metrics(srv: Server) -> None:
+    events: list[str] = []
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{srv.url}/api/pool/events", timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    events.append(line[7:])
+                if "ready" in events:
+                    return
+
+    t = threading.Thread(target=listen)
+    t.start()
+    wait_for(lambda: "snapshot" in events)
+    srv.client().post("/m/a/api/v1/generate", json=BODY)
+    t.join(30)
+    assert events[:3] == ["snapshot", "loading", "ready"]
+    text = httpx.get(f"{srv.url}/metrics").text
+    assert 'warren_model_state{model="a",state="ready"} 1' in text
+    assert 'warren_model_requests_total{model="a"} 1' in text
+    assert 'warren_model_loads_total{model="a"} 1' in text
+    assert "warren_memory_budget_bytes 209715200" in text
+
+
+def test_delete_instance_by_handle(srv: Server) -> None:
+    c = srv.client()
+    c.post("/api/models/a/load", json={})
+    assert c.delete("/api/instances/a@1").json()["unloading"] is True
+    wait_for(lambda: instance(srv, "a")["state"] == "unloaded")
+    assert c.delete("/api/instances/a@1").status_code == 410
+
+
+def test_admin_api_needs_the_admin_password(tmp_path: Path, admindir: Path) -> None:
+    server = pool_server(tmp_path, admindir, "--adminpassword", "root")
+    try:
+        assert httpx.get(f"{server.url}/api/pool").status_code == 401
+        assert httpx.get(f"{server.url}/api/admin/list_options").json() == []
+        assert httpx.post(f"{server.url}/api/admin/reload_config", json={"filename": "a.kcpps"}).json() == \
+            {"success": False}
+        ok = httpx.get(f"{server.url}/api/pool", headers={"Authorization": "Bearer root"})
+        assert ok.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_admin_api_is_off_beyond_loopback_without_a_password(tmp_path: Path, admindir: Path) -> None:
+    server = pool_server(tmp_path, admindir, "--host", "0.0.0.0")
+    try:
+        r = httpx.get(f"{server.url}/api/pool")
+        assert r.status_code == 403 and "--adminpassword" in r.json()["detail"]["msg"]
+        assert httpx.get(f"{server.url}/api/admin/list_options").json() == []
+    finally:
+        server.stop()
