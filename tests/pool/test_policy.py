@@ -76,6 +76,15 @@ def test_ties_evict_the_cheaper_reload_first(fx: RecordingEffects) -> None:
     assert choose_victims([Candidate("x", GB, 1.0, 0.0)], need=3 * GB, free=GB, slots_free=1) is None
 
 
+def test_lower_priority_is_evicted_before_older_use(fx: RecordingEffects) -> None:
+    p = PoolPolicy(fx, budget=2 * GB)
+    loaded(p, fx, "old-important", GB, now=0)
+    loaded(p, fx, "new-unimportant", GB, now=50)
+    p.configure("old-important", priority=5)
+    p.request(9, "c", GB, now=60)
+    assert fx.take() == [("load", "c", ("new-unimportant",)), ("grant", 9, "c")]
+
+
 def test_busy_and_pinned_instances_are_never_evicted(fx: RecordingEffects) -> None:
     p = PoolPolicy(fx, budget=2 * GB, wait_seconds=30)
     p.request(1, "busy", GB, 0)

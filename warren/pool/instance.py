@@ -21,6 +21,7 @@ import contextlib
 import enum
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,12 +76,14 @@ class ModelInstance:
         self.state = InstanceState.UNLOADED
         self.restarts = 0
         self.last_exit = ""
+        self.last_exit_kind: str | None = None  # requested | load_failed | crashed | oom_suspected | hung
         self.last_error = ""
         self.last_used = 0.0
         self.perf = Perf()
         self.created = time.monotonic()
         self._starting: asyncio.Task[WorkerHandle] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._reported: weakref.WeakSet[WorkerHandle] = weakref.WeakSet()
         self.loads = 0
         self.crashes = 0
         self.requests = 0
@@ -119,7 +122,8 @@ class ModelInstance:
             "name": self.name, "handle": self.handle_id if h else None, "state": self._current_state().value,
             "pid": h.pid if h and h.alive else None, "progress": h.progress if h else 0.0,
             "load_seconds": h.load_seconds if h else None, "in_flight": int(self.busy), "queued": self._waiting,
-            "restarts": self.restarts, "last_exit": self.last_exit or None, "last_error": self.last_error or None,
+            "restarts": self.restarts, "last_exit": self.last_exit or None, "last_exit_kind": self.last_exit_kind,
+            "last_error": self.last_error or None,
             "context_size": self.context_size, "path": str(self.settings.path),
         }
 
@@ -169,6 +173,7 @@ class ModelInstance:
         except WarrenError as exc:
             self.state = InstanceState.CRASHED if isinstance(exc, WorkerCrashed) else InstanceState.LOAD_FAILED
             self.last_error = exc.message
+            self.last_exit_kind = (handle.exit_kind or "crashed") if isinstance(exc, WorkerCrashed) else "load_failed"
             await handle.stop()
             raise
         self.state = InstanceState.READY
@@ -182,10 +187,20 @@ class ModelInstance:
     async def _watch(self, handle: WorkerHandle) -> None:
         """Notice a worker that ends by itself, idle or busy, and tell the pool at once."""
         await handle.exited.wait()
-        if handle is self.handle and isinstance(handle.exit_error, WorkerCrashed):
-            self._note_crash(handle.exit_error)
-            if self.on_exit is not None:
-                self.on_exit(self, handle.exit_error)
+        self._report_crash(handle)
+
+    def _report_crash(self, handle: WorkerHandle) -> None:
+        """Once per worker: record its crash and tell the pool, whichever notices first (the watcher, or
+        a request that was running on it), so the very next request already sees it gone."""
+        if handle is not self.handle or handle in self._reported or not isinstance(handle.exit_error, WorkerCrashed):
+            return
+        self._reported.add(handle)
+        self.crashes += 1
+        self.state = InstanceState.CRASHED
+        self.last_exit = handle.exit_error.message
+        self.last_exit_kind = handle.exit_kind or "crashed"
+        if self.on_exit is not None:
+            self.on_exit(self, handle.exit_error)
 
     def _record_exit(self, handle: WorkerHandle) -> None:
         if handle.exit_error is not None and isinstance(handle.exit_error, WorkerCrashed):
@@ -203,12 +218,6 @@ class ModelInstance:
         if self._watcher is not None:
             self._watcher.cancel()
         self.state = InstanceState.UNLOADED
-
-    def _note_crash(self, exc: WorkerCrashed) -> None:
-        if self.state is not InstanceState.CRASHED:
-            self.crashes += 1
-        self.state = InstanceState.CRASHED
-        self.last_exit = exc.message
 
     # -- queueing (KoboldCpp --multiuser) -------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -242,8 +251,8 @@ class ModelInstance:
             try:
                 async for item in self._run(handle, params, stream, abort):
                     yield item
-            except WorkerCrashed as exc:
-                self._note_crash(exc)
+            except WorkerCrashed:
+                self._report_crash(handle)
                 raise
             finally:
                 self._running_key = None

@@ -42,6 +42,7 @@ class Resident:
     pinned: bool = False
     keep_alive: float | None = None  # seconds idle before unloading; None = the default; < 0 = never
     reload_seconds: float = 0.0
+    priority: int = 0  # lower is evicted first
     unload_reason: str = ""  # set: unload as soon as no request is in flight
 
 
@@ -135,12 +136,14 @@ class PoolPolicy:
         self._settle(now)
 
     def configure(self, model: str, *, pinned: bool | None = None, keep_alive: float | None = None,
-                  clear_keep_alive: bool = False) -> None:
+                  clear_keep_alive: bool = False, priority: int | None = None) -> None:
         r = self.residents.get(model)
         if r is None:
             return
         if pinned is not None:
             r.pinned = pinned
+        if priority is not None:
+            r.priority = priority
         if clear_keep_alive:
             r.keep_alive = None
         elif keep_alive is not None:
@@ -176,7 +179,7 @@ class PoolPolicy:
             r.unload_reason = ""
             self.effects.grant(ticket, model)
             return True
-        candidates = [Candidate(c.name, c.bytes, c.last_used, c.reload_seconds) for c in self._counted()
+        candidates = [Candidate(c.name, c.bytes, c.last_used, c.reload_seconds, c.priority) for c in self._counted()
                       if c.phase is Phase.READY and c.in_flight == 0 and not c.pinned]
         victims = choose_victims(candidates, need=need, free=self.budget - self.reserved,
                                  slots_free=self._slots_free())

@@ -288,8 +288,7 @@ class Pool:
         self._measured[model] = footprint
         self.policy.load_finished(model, ok=True, measured=footprint, load_seconds=time.perf_counter() - started,
                                   now=self.clock())
-        if entry.pinned:
-            self.policy.configure(model, pinned=True)
+        self.policy.configure(model, pinned=True if entry.pinned else None, priority=entry.priority)
         if entry.keep_alive is not None:
             self.policy.configure(model, keep_alive=entry.keep_alive)
         elif model == self.active_name:
@@ -303,6 +302,7 @@ class Pool:
             if instance is not None:
                 log.info("unloading model=%s reason=%s", model, reason)
                 instance.last_exit = f"unloaded: {reason}"
+                instance.last_exit_kind = "requested"
                 await instance.stop()
                 self._publish(instance, "unloaded", reason=reason)
         finally:

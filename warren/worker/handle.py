@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -69,6 +70,7 @@ class WorkerHandle:
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_timeout = heartbeat_timeout
         self.exit_error: WarrenError | None = None
+        self.exit_kind = ""  # requested | crashed | oom_suspected | hung, once the process has ended
         self.exited = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -311,9 +313,17 @@ class WorkerHandle:
                 returncode = await proc.wait()
         await asyncio.sleep(0)  # let the stderr task take the last lines
         if self._stopping:
+            self.exit_kind = "requested"
             self.exit_error = WorkerClosed(f"model {self.name!r} was unloaded", model=self.name)
         else:
             how = reason or self._kill_reason or describe_exit(returncode)
+            if reason or self._kill_reason:
+                self.exit_kind = "hung" if self._kill_reason else "crashed"
+            elif returncode == -signal.SIGKILL:
+                self.exit_kind = "oom_suspected"  # nobody here sent it: the kernel's OOM killer is the usual sender
+                how += " (not sent by warren: out of memory?)"
+            else:
+                self.exit_kind = "crashed"
             self.exit_error = WorkerCrashed(f"the worker for model {self.name!r} crashed: {how}",
                                             hint=self._tail_hint(), model=self.name, returncode=returncode)
             log.error("worker crashed model=%s pid=%s exit=%s\n  last stderr lines:\n    %s", self.name,

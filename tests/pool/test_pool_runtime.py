@@ -1,0 +1,123 @@
+"""The pool carrying out its decisions on real worker processes (fake engines: fast, and able to crash)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from warren.catalog import Catalog, CatalogEntry
+from warren.errors import Quarantined, WorkerCrashed
+from warren.gguf.estimate import MemoryEstimate
+from warren.params import GenerationParams
+from warren.pool import pool as pool_module
+from warren.pool.pool import Pool
+from warren.settings import ModelSettings, ServerSettings
+
+MIB = 1 << 20
+
+
+class FixedCatalog(Catalog):
+    """A catalog of given entries (fake engines), which rescans leave as they are."""
+
+    def __init__(self, entries: list[CatalogEntry]) -> None:
+        super().__init__({})
+        self.entries = {e.name: e for e in entries}
+
+    def refresh(self) -> None:
+        pass
+
+
+def entry(name: str, engine: str, mib: int = 100, **knobs: object) -> CatalogEntry:
+    settings = ModelSettings(name=name, path=Path("/dev/null"), engine=f"tests.fakes.fake_engine:{engine}")
+    estimate = MemoryEstimate(weights=mib * MIB, kv_cache=0, compute=0, worker_base=0)
+    return CatalogEntry(name, "test", Path("/dev/null"), settings, estimate, "", (name, engine), **knobs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def make_pool() -> AsyncIterator:  # type: ignore[type-arg]
+    pools: list[Pool] = []
+
+    async def make(entries: list[CatalogEntry], budget_mib: int = 1000, **kw: object) -> Pool:
+        pool = Pool(ServerSettings(), FixedCatalog(entries), budget=budget_mib * MIB, warm_spare=False, **kw)  # type: ignore[arg-type]
+        await pool.start(preload=False)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        await pool.close()
+
+
+async def generate(pool: Pool, name: str, n: int = 5) -> str:
+    async with await pool.acquire(name) as instance:
+        return (await instance.complete(GenerationParams(prompt="x", max_tokens=n))).text
+
+
+async def test_crash_restarts_with_backoff_then_quarantines(make_pool, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(pool_module, "BACKOFF_BASE", 0.01)
+    pool = await make_pool([entry("crashy", "crash_segv")])
+    for attempt in range(pool_module.CRASH_LOOP_LIMIT):
+        with pytest.raises(WorkerCrashed, match="killed by SIGSEGV"):
+            await generate(pool, "crashy", 10)
+        status = pool.describe("crashy")
+        assert status["crashes"] == attempt + 1 and status["last_exit_kind"] == "crashed"
+    with pytest.raises(Quarantined, match="crashed 4 times"):
+        await generate(pool, "crashy", 10)
+    assert pool.describe("crashy")["state"] == "crashed"
+    assert pool.policy.reserved == 0  # nothing of it is counted any more
+    # An operator's explicit load lifts the quarantine (and it crashes again, which is honest).
+    instance = await pool.load("crashy")
+    assert instance.generation == pool_module.CRASH_LOOP_LIMIT + 1
+
+
+async def test_a_crash_frees_the_budget_for_another_model(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool([entry("crashy", "crash_abort", 600), entry("fine", "fake", 600)], budget_mib=1000)
+    with pytest.raises(WorkerCrashed, match="SIGABRT"):
+        await generate(pool, "crashy", 10)
+    assert await generate(pool, "fine") == " t0 t1 t2 t3 t4"
+    assert pool.describe("crashy")["last_exit_kind"] == "crashed"
+
+
+async def test_a_refused_load_is_quarantined_and_classified(make_pool) -> None:  # type: ignore[no-untyped-def]
+    from warren.errors import WorkerLoadFailed
+
+    pool = await make_pool([entry("bad", "fail_load")])
+    with pytest.raises(WorkerLoadFailed):
+        await generate(pool, "bad")
+    assert pool.describe("bad")["last_exit_kind"] == "load_failed"
+    with pytest.raises(Quarantined, match="fake engine refuses"):
+        await generate(pool, "bad")
+
+
+async def test_requests_for_one_model_share_one_load(make_pool) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    pool = await make_pool([entry("m", "slow")])
+    texts = await asyncio.gather(*(generate(pool, "m", 3) for _ in range(4)))
+    assert texts == [" t0 t1 t2"] * 4
+    assert pool.instances["m"].loads == 1 and pool.instances["m"].generation == 1
+
+
+async def test_the_warm_spare_is_adopted_by_the_next_load(model_path: Path) -> None:
+    from warren.options import defaults
+
+    catalog = Catalog({**defaults(), "contextsize": 512, "threads": 2, "blasthreads": 2},
+                      active=ModelSettings(name="smol", path=model_path, context_size=512))
+    catalog.refresh()
+    pool = Pool(ServerSettings(), catalog, budget=4000 * MIB, warm_spare=True)
+    try:
+        await pool.start(preload=False)
+        pool._ensure_spare()
+        assert pool._spare_task is not None
+        await pool._spare_task
+        spare = pool._spare
+        assert spare is not None and spare.alive
+        async with await pool.acquire("smol") as instance:
+            assert instance.handle is spare  # the load paid only for the model
+        assert pool._spare_task is not None
+        await pool._spare_task  # and a new spare is started for the next load
+        assert pool._spare is not None and pool._spare is not spare
+    finally:
+        await pool.close()
