@@ -100,7 +100,8 @@ async def test_requests_for_one_model_share_one_load(make_pool) -> None:  # type
     assert pool.instances["m"].loads == 1 and pool.instances["m"].generation == 1
 
 
-async def test_the_warm_spare_is_adopted_by_the_next_load(model_path: Path) -> None:
+async def test_the_warm_spare_is_adopted_by_the_next_load(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "SPARE_DELAY", 0.0)
     from warren.options import defaults
 
     catalog = Catalog({**defaults(), "contextsize": 512, "threads": 2, "blasthreads": 2},

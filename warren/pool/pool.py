@@ -44,6 +44,7 @@ MEASURE_EVERY = 5  # ticks between memory measurements and catalog rescans
 CRASH_WINDOW = 120.0  # crashes older than this are forgotten
 CRASH_LOOP_LIMIT = 4  # this many crashes within the window quarantine the model
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0  # seconds before restarting after the n-th crash: base * 2**(n-1)
+SPARE_DELAY = 0.2  # seconds after a load before the next warm spare starts (let its first request run)
 
 
 def measure_footprint(pid: int) -> int:
@@ -125,6 +126,7 @@ class Pool:
         self._measured: dict[str, int] = {}
         self._spare: WorkerHandle | None = None
         self._spare_task: asyncio.Task[None] | None = None
+        self._spare_starting = False
         self._ticker: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -269,14 +271,16 @@ class Pool:
             self.evictions[victim] = self.evictions.get(victim, 0) + 1
             log.info("evicting model=%s to load model=%s", victim, model)
             self.stop(victim, f"evicted for {model}")
-        await asyncio.gather(*self._stops.values(), return_exceptions=True)  # memory first, then the new worker
+        # The victims' channels are closed now and they exit in milliseconds, while the new model takes
+        # ~100 ms to load: overlapping the two costs at most that short overlap in memory and saves the
+        # wait from every swap. (A victim that does not exit is killed by its stop's escalation.)
         await self._crash_backoff(model)
         entry = self.catalog.entries.get(model) or self.catalog.get(model)
         instance = self._instance(entry)
         self._publish(instance, "loading")
         started = time.perf_counter()
         try:
-            await instance.load(self._take_spare(instance.settings))
+            await instance.load(await self._take_spare(instance.settings))
         except WarrenError as exc:
             if isinstance(exc, WorkerLoadFailed):
                 self._quarantine[model] = (entry.fingerprint, exc.message)
@@ -284,10 +288,11 @@ class Pool:
             self._publish(instance, "load_failed", error=exc.message)
             raise
         assert instance.handle is not None
-        footprint = measure_footprint(instance.handle.pid)
-        self._measured[model] = footprint
-        self.policy.load_finished(model, ok=True, measured=footprint, load_seconds=time.perf_counter() - started,
+        # Reading /proc/PID/smaps takes tens of ms: the request waiting for this load should not. The
+        # reservation stays at the estimate until the measurement, taken off the loop, replaces it.
+        self.policy.load_finished(model, ok=True, measured=0, load_seconds=time.perf_counter() - started,
                                   now=self.clock())
+        self._spawn(self._measure_one(model, instance.handle.pid), f"measure-{model}")
         self.policy.configure(model, pinned=True if entry.pinned else None, priority=entry.priority)
         if entry.keep_alive is not None:
             self.policy.configure(model, keep_alive=entry.keep_alive)
@@ -334,9 +339,14 @@ class Pool:
     def _ensure_spare(self) -> None:
         if not self.warm_spare or self._spare is not None or (self._spare_task and not self._spare_task.done()):
             return
+        self._spare_starting = False
         self._spare_task = self._spawn(self._start_spare(), "spare")
 
     async def _start_spare(self) -> None:
+        # Start it a moment after a load, not during it: its interpreter start and imports take a core
+        # for ~0.3 s, which would slow the first request on the model just loaded.
+        await asyncio.sleep(SPARE_DELAY)
+        self._spare_starting = True
         handle = WorkerHandle(ModelSettings(name="spare", path=Path("/dev/null")), heartbeat=self.heartbeat)
         try:
             await handle.start()
@@ -345,7 +355,15 @@ class Pool:
             return
         self._spare = handle
 
-    def _take_spare(self, settings: ModelSettings) -> WorkerHandle | None:
+    async def _take_spare(self, settings: ModelSettings) -> WorkerHandle | None:
+        if settings.engine != "llama" or not self.warm_spare:
+            return None
+        task = self._spare_task
+        if self._spare is None and task is not None and not task.done():
+            if self._spare_starting:
+                await asyncio.shield(task)  # a spare already on its way beats a cold start
+            else:
+                task.cancel()  # still waiting to start: start the worker for this load right away
         spare, self._spare = self._spare, None
         if spare is not None and (settings.engine != "llama" or not spare.alive):
             self._spawn(spare.stop(), "spare-stop")
@@ -403,6 +421,12 @@ class Pool:
                 self._measure()
                 with contextlib.suppress(WarrenError):
                     self.catalog.refresh()
+
+    async def _measure_one(self, model: str, pid: int) -> None:
+        footprint = await asyncio.to_thread(measure_footprint, pid)
+        if footprint:
+            self._measured[model] = max(footprint, self._measured.get(model, 0))
+            self.policy.measured(model, footprint)
 
     def _measure(self) -> None:
         for name, resident in self.policy.residents.items():

@@ -111,7 +111,7 @@ class LlamaEngine:
                                    f"for {settings.path} (out of memory?)")
         self.n_ctx = L.llama_n_ctx(self.ctx)
         n_vocab = L.llama_vocab_n_tokens(self.vocab)
-        self.eog_tokens = [t for t in range(n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
+        self.eog_tokens = []  # found on first use (ban_eos): a vocabulary scan costs ~25 ms of every load
         template = L.llama_model_chat_template(self.model, None)
         return {
             "n_ctx": self.n_ctx,
@@ -172,6 +172,8 @@ class LlamaEngine:
         add = L.llama_sampler_chain_add
         biases = dict(params.logit_bias)
         if params.ban_eos:
+            if not self.eog_tokens:
+                self.eog_tokens = [t for t in range(n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
             biases.update({t: float("-inf") for t in self.eog_tokens})
         for text in params.banned_strings:
             for variant in (text, " " + text):

@@ -1,0 +1,185 @@
+"""Pool benchmarks: swap latency and memory reclaim, side by side with llama-cpp-python in-process.
+
+Run:  .venv/bin/python benchmarks/bench_pool.py [--swaps 20] [--cycles 100]
+
+1. Swap latency. Two catalog entries (``a`` and ``b``: the default model at context 2048) and a memory
+   budget that fits one. Requests alternate between them, so each one evicts the other model and
+   loads its own: the time from sending a streamed 1-token request to its first token. Compared with
+   the same swap done in-process by llama-cpp-python (``del`` the old ``Llama``, create the new one,
+   evaluate the prompt, sample a token), whose RSS growth over the swaps is recorded too.
+2. Reclaim. 100 load/unload cycles through the pool API: the supervisor's RSS growth, worker processes
+   left behind, and the machine's available memory before and after. Compared with 100 in-process
+   ``Llama()`` create/free cycles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from warren.default_model import default_model_path  # noqa: E402
+
+CTX = 2048
+MIB = 2**20
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "warren", "--nomodel", "--admin", "--admindir", str(folder),
+                             "--memory-budget", "300M", "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            httpx.get(f"{url}/ping", timeout=1)
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError("warren did not start")
+
+
+def first_token(client: httpx.Client, model: str) -> float:
+    started = time.perf_counter()
+    with client.stream("POST", f"/m/{model}/api/extra/generate/stream",
+                       json={"prompt": "Once upon a time", "max_length": 1, "temperature": 0}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                return time.perf_counter() - started
+    raise RuntimeError("no token")
+
+
+def warren_swaps(url: str, swaps: int, pause: float) -> list[float]:
+    client = httpx.Client(base_url=url, timeout=60)
+    first_token(client, "a")
+    times = []
+    for i in range(swaps):
+        times.append(first_token(client, "b" if i % 2 == 0 else "a"))
+        time.sleep(pause)  # requests from users, not a tight loop: the warm spare has time to start
+    return times
+
+
+def inprocess_swaps(model: Path, swaps: int) -> tuple[list[float], float]:
+    import llama_cpp
+
+    proc = psutil.Process()
+    llm = llama_cpp.Llama(str(model), n_ctx=CTX, verbose=False)
+    llm.create_completion("Once upon a time", max_tokens=1, temperature=0)
+    gc.collect()
+    rss0 = proc.memory_info().rss
+    times = []
+    for _ in range(swaps):
+        started = time.perf_counter()
+        del llm
+        llm = llama_cpp.Llama(str(model), n_ctx=CTX, verbose=False)
+        llm.create_completion("Once upon a time", max_tokens=1, temperature=0)
+        times.append(time.perf_counter() - started)
+    gc.collect()
+    growth = proc.memory_info().rss - rss0
+    del llm
+    return times, growth
+
+
+def warren_reclaim(url: str, server_pid: int, cycles: int) -> dict[str, float]:
+    client = httpx.Client(base_url=url, timeout=60)
+    client.post("/api/models/a/load", json={})
+    client.post("/api/models/a/unload")
+    time.sleep(1.0)
+    sup = psutil.Process(server_pid)
+    rss0, avail0 = sup.memory_info().rss, psutil.virtual_memory().available
+    for _ in range(cycles):
+        assert client.post("/api/models/a/load", json={}).status_code == 200
+        client.post("/api/models/a/unload")
+        for _ in range(200):
+            if next(i for i in client.get("/api/pool").json()["instances"] if i["name"] == "a")["pid"] is None:
+                break
+            time.sleep(0.01)
+    time.sleep(1.0)
+    pool = client.get("/api/pool").json()
+    loaded = [i["name"] for i in pool["instances"] if i["pid"] is not None]
+    children = sup.children(recursive=True)
+    return {"rss_growth": sup.memory_info().rss - rss0, "avail_change": psutil.virtual_memory().available - avail0,
+            "loaded_after": len(loaded), "child_processes_after": len(children)}
+
+
+def inprocess_reclaim(model: Path, cycles: int) -> float:
+    import llama_cpp
+
+    proc = psutil.Process()
+    llm = llama_cpp.Llama(str(model), n_ctx=CTX, verbose=False)
+    del llm
+    gc.collect()
+    rss0 = proc.memory_info().rss
+    for _ in range(cycles):
+        llm = llama_cpp.Llama(str(model), n_ctx=CTX, verbose=False)
+        del llm
+    gc.collect()
+    return proc.memory_info().rss - rss0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--swaps", type=int, default=20)
+    ap.add_argument("--cycles", type=int, default=100)
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds between swap requests")
+    args = ap.parse_args()
+    model = default_model_path()
+    assert model is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name in ("a", "b"):
+            (folder / f"{name}.kcpps").write_text(json.dumps({"model_param": str(model), "contextsize": CTX}))
+        proc, url = start(folder)
+        try:
+            swap_times = warren_swaps(url, args.swaps, args.pause)
+            reclaim = warren_reclaim(url, proc.pid, args.cycles)
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    local_swaps, local_growth = inprocess_swaps(model, args.swaps)
+    local_reclaim = inprocess_reclaim(model, args.cycles)
+
+    print(f"### {date.today().isoformat()} — {psutil.cpu_count()} cores, "
+          f"{psutil.virtual_memory().total / 2**30:.0f} GiB; SmolLM2-135M-Instruct Q4_1, context {CTX}")
+    print()
+    print("| measure | warren | llama-cpp-python in-process | target |")
+    print("|---|---|---|---|")
+    print(f"| swap to the other model, request to first token (median of {args.swaps}, {args.pause:g} s apart) | "
+          f"{statistics.median(swap_times) * 1000:.0f} ms | {statistics.median(local_swaps) * 1000:.0f} ms | "
+          "≤ 150 ms |")
+    print(f"| swap, slowest of {args.swaps} | {max(swap_times) * 1000:.0f} ms | {max(local_swaps) * 1000:.0f} ms | |")
+    print(f"| RSS growth of the serving process over the {args.swaps} swaps | (workers end: 0 by design) | "
+          f"{local_growth / MIB:+.1f} MiB | |")
+    print(f"| {args.cycles} load/unload cycles: RSS growth of the serving process | "
+          f"{reclaim['rss_growth'] / MIB:+.1f} MiB | {local_reclaim / MIB:+.1f} MiB | < 2 MiB |")
+    print(f"| models still loaded / child processes after the cycles | {reclaim['loaded_after']} / "
+          f"{reclaim['child_processes_after']} (the warm spare) | — | 0 models |")
+    print(f"| change in the machine's available memory across the cycles | "
+          f"{reclaim['avail_change'] / MIB:+.1f} MiB | — | ≈ 0 |")
+    print()
+    print("raw:", json.dumps({"warren_swaps_s": swap_times, "inprocess_swaps_s": local_swaps}, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()
