@@ -101,13 +101,22 @@ def inprocess_swaps(model: Path, swaps: int) -> tuple[list[float], float]:
     return times, growth
 
 
+def available_memory() -> int:
+    """The machine's available memory, settled: the median of five readings a quarter second apart."""
+    readings = []
+    for _ in range(5):
+        time.sleep(0.25)
+        readings.append(psutil.virtual_memory().available)
+    return int(statistics.median(readings))
+
+
 def warren_reclaim(url: str, server_pid: int, cycles: int) -> dict[str, float]:
     client = httpx.Client(base_url=url, timeout=60)
     client.post("/api/models/a/load", json={})
     client.post("/api/models/a/unload")
     time.sleep(1.0)
     sup = psutil.Process(server_pid)
-    rss0, avail0 = sup.memory_info().rss, psutil.virtual_memory().available
+    rss0, avail0 = sup.memory_info().rss, available_memory()
     for _ in range(cycles):
         assert client.post("/api/models/a/load", json={}).status_code == 200
         client.post("/api/models/a/unload")
@@ -119,23 +128,24 @@ def warren_reclaim(url: str, server_pid: int, cycles: int) -> dict[str, float]:
     pool = client.get("/api/pool").json()
     loaded = [i["name"] for i in pool["instances"] if i["pid"] is not None]
     children = sup.children(recursive=True)
-    return {"rss_growth": sup.memory_info().rss - rss0, "avail_change": psutil.virtual_memory().available - avail0,
+    return {"rss_growth": sup.memory_info().rss - rss0, "avail_change": available_memory() - avail0,
             "loaded_after": len(loaded), "child_processes_after": len(children)}
 
 
-def inprocess_reclaim(model: Path, cycles: int) -> float:
+def inprocess_reclaim(model: Path, cycles: int) -> tuple[float, float]:
+    """(RSS growth, change in available memory) over in-process create/free cycles."""
     import llama_cpp
 
     proc = psutil.Process()
     llm = llama_cpp.Llama(str(model), n_ctx=CTX, verbose=False)
     del llm
     gc.collect()
-    rss0 = proc.memory_info().rss
+    rss0, avail0 = proc.memory_info().rss, available_memory()
     for _ in range(cycles):
         llm = llama_cpp.Llama(str(model), n_ctx=CTX, verbose=False)
         del llm
     gc.collect()
-    return proc.memory_info().rss - rss0
+    return proc.memory_info().rss - rss0, available_memory() - avail0
 
 
 def main() -> None:
@@ -158,7 +168,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(20)
     local_swaps, local_growth = inprocess_swaps(model, args.swaps)
-    local_reclaim = inprocess_reclaim(model, args.cycles)
+    local_reclaim, local_avail = inprocess_reclaim(model, args.cycles)
 
     print(f"### {date.today().isoformat()} — {psutil.cpu_count()} cores, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB; SmolLM2-135M-Instruct Q4_1, context {CTX}")
@@ -176,7 +186,7 @@ def main() -> None:
     print(f"| models still loaded / child processes after the cycles | {reclaim['loaded_after']} / "
           f"{reclaim['child_processes_after']} (the warm spare) | — | 0 models |")
     print(f"| change in the machine's available memory across the cycles | "
-          f"{reclaim['avail_change'] / MIB:+.1f} MiB | — | ≈ 0 |")
+          f"{reclaim['avail_change'] / MIB:+.1f} MiB | {local_avail / MIB:+.1f} MiB | ≈ 0 |")
     print()
     print("raw:", json.dumps({"warren_swaps_s": swap_times, "inprocess_swaps_s": local_swaps}, separators=(",", ":")))
 
