@@ -103,3 +103,26 @@ def test_exportconfig_round_trip(model_path: Path, tmp_path: Path) -> None:
     assert data["contextsize"] == 1024 and data["flashattention"] is True and data["model_param"] == str(model_path)
     result = warren("--check", "--config", str(tmp_path / "saved.kcpps"), "--port", str(free_port()))
     assert result.returncode == 0 and "context 1024" in result.stdout and "flash attention on" in result.stdout
+
+
+def test_check_prints_the_catalog_plan(model_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "small.kcpps").write_text(json.dumps({"model_param": str(model_path), "contextsize": 512}))
+    (tmp_path / "big.kcpps").write_text(json.dumps({"model_param": str(model_path), "contextsize": 65536}))
+    (tmp_path / "bad.kcpps").write_text("{")
+    result = warren("--check", "--nomodel", "--models-dir", str(tmp_path), "--memory-budget", "1G",
+                    "--port", str(free_port()))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "memory budget: 1,024.0 MiB" in out
+    assert "small" in out and "big" in out and "bad" in out and "INVALID" in out
+    assert "does NOT fit the budget on its own" in out  # big: a 64k context of KV cache
+    assert "fit together in the budget: small" in out
+    assert "warning: model 'bad'" in result.stderr
+
+
+def test_pinned_models_over_the_budget_are_a_startup_error(model_path: Path, tmp_path: Path) -> None:
+    catalog = tmp_path / "c.toml"
+    catalog.write_text(f'[models.one]\nmodel = "{model_path}"\npinned = true\n'
+                       f'[models.two]\nmodel = "{model_path}"\npinned = true\n')
+    assert_clean_error(warren("--check", "--nomodel", "--catalog", str(catalog), "--memory-budget", "300M",
+                              "--port", str(free_port())), "the pinned models (one, two) need about")

@@ -58,6 +58,14 @@ ROWS: list[tuple[str, dict[str, Any], set[str], Environment, Level, str, dict[st
     ("gpu layers clamped", {"gpulayers": 99}, set(), NO_LIMIT, Level.NOTE, "clamped to 31", {"gpulayers": 31}),
     ("gpu layers negative", {"gpulayers": -5}, set(), NO_LIMIT, Level.ERROR, "--gpulayers -5 is negative", {}),
     ("nomodel", {"nomodel": True}, set(), NO_LIMIT, Level.NOTE, "--nomodel", {"model": []}),
+    ("budget unparsable", {"memorybudget": "lots"}, set(), NO_LIMIT, Level.ERROR, "is not an amount of memory", {}),
+    ("budget over RAM", {"memorybudget": "100T"}, set(), NO_LIMIT, Level.WARNING, "more than this machine", {}),
+    ("max models negative", {"maxmodels": -1}, set(), NO_LIMIT, Level.ERROR, "--max-models -1 is negative", {}),
+    ("keepalive unparsable", {"keepalive": "soon"}, set(), NO_LIMIT, Level.ERROR, "is not a duration", {}),
+    ("loadwait negative", {"loadwait": -1.0}, set(), NO_LIMIT, Level.ERROR, "--loadwait -1.0 is negative", {}),
+    ("models dir missing", {"modelsdir": "/no/such"}, set(), NO_LIMIT, Level.ERROR, "is not an existing directory",
+     {}),
+    ("catalog missing", {"catalog": "/no/such.toml"}, set(), NO_LIMIT, Level.ERROR, "is not a file", {}),
 ]
 
 
