@@ -114,33 +114,6 @@ class WedgedEngine(FakeEngine):
             ctypes.PyDLL(None).sleep(3600)
 
 
-def wedged() -> FakeEngine:
-    return WedgedEngine()
-
-
-def fake() -> FakeEngine:
-    return FakeEngine()
-
-
-def slow() -> FakeEngine:
-    return SlowEngine()
-
-
-def crash_segv() -> FakeEngine:
-    return CrashEngine()
-
-
-def crash_abort() -> FakeEngine:
-    return AbortEngine()
-
-
-def fail_load() -> FakeEngine:
-    return FailLoadEngine()
-
-
-def hang_load() -> FakeEngine:
-    return HangLoadEngine()
-
-
-def garbage() -> FakeEngine:
-    return GarbageEngine()
+# Engine specs name these by short name: "tests.fakes.fake_engine:<name>" (a class is its own factory).
+fake, slow, crash_segv, crash_abort = FakeEngine, SlowEngine, CrashEngine, AbortEngine
+fail_load, hang_load, garbage, wedged = FailLoadEngine, HangLoadEngine, GarbageEngine, WedgedEngine

@@ -35,20 +35,21 @@ def _both(path: str) -> list[str]:
     return [f"/api/v1{path}", f"/api/latest{path}"]
 
 
-def _get(paths: list[str], **kw: Any):  # type: ignore[no-untyped-def]
+def _route(method: str, paths: list[str], **kw: Any):  # type: ignore[no-untyped-def]
+    """Register one handler under several paths (KoboldCpp serves /api/v1 and /api/latest alike)."""
     def deco(fn):  # type: ignore[no-untyped-def]
         for p in paths:
-            router.add_api_route(p, fn, methods=["GET"], **kw)
+            router.add_api_route(p, fn, methods=[method], **kw)
         return fn
     return deco
+
+
+def _get(paths: list[str], **kw: Any):  # type: ignore[no-untyped-def]
+    return _route("GET", paths, **kw)
 
 
 def _post(paths: list[str], **kw: Any):  # type: ignore[no-untyped-def]
-    def deco(fn):  # type: ignore[no-untyped-def]
-        for p in paths:
-            router.add_api_route(p, fn, methods=["POST"], **kw)
-        return fn
-    return deco
+    return _route("POST", paths, **kw)
 
 
 # -- information ---------------------------------------------------------------------------------------
