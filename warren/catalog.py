@@ -32,6 +32,7 @@ from typing import Any
 
 from warren.errors import ConfigError, ModelNotFound
 from warren.gguf.estimate import MemoryEstimate, estimate_memory
+from warren.gguf.reader import GGUFInfo, read_gguf
 from warren.kcpps import read_kcpps
 from warren.options import BY_KEY, Support, defaults
 from warren.settings import ModelSettings
@@ -98,6 +99,7 @@ class Catalog:
         self.env = env or Environment()
         self.entries: dict[str, CatalogEntry] = {}
         self._cache: dict[tuple[Any, ...], CatalogEntry] = {}
+        self._infos: dict[str, tuple[tuple[Any, ...], GGUFInfo]] = {}
 
     # -- building entries -----------------------------------------------------------------------------
     def _server_opts(self) -> dict[str, Any]:
@@ -243,8 +245,6 @@ class Catalog:
 
     def _active_entry(self) -> CatalogEntry:
         assert self.active is not None
-        from warren.gguf.reader import read_gguf
-
         s = self.active
         fingerprint = (str(s.path), _stat_key(s.path), s)
         try:
@@ -253,6 +253,16 @@ class Catalog:
         except ConfigError as exc:  # the file changed under a running server
             return CatalogEntry(s.name, "--model", s.path, None, None, exc.message, fingerprint)
         return CatalogEntry(s.name, "--model", s.path, s, estimate, "", fingerprint)
+
+    def gguf_info(self, entry: CatalogEntry) -> GGUFInfo:
+        """The entry's GGUF header (for listings such as Ollama's), read once per version of the file."""
+        assert entry.settings is not None
+        cached = self._infos.get(entry.name)
+        if cached is not None and cached[0] == entry.fingerprint:
+            return cached[1]
+        info = read_gguf(entry.settings.path)
+        self._infos[entry.name] = (entry.fingerprint, info)
+        return info
 
     def get(self, name: str) -> CatalogEntry:
         entry = self.entries.get(name)

@@ -40,6 +40,7 @@ class GenerationParams:
     trim_stop: bool = True  # cut the stop string from the text (KoboldCpp's trim_stop)
     ban_eos: bool = False
     grammar: str = ""  # GBNF
+    json_schema: str = ""  # a JSON schema the output must follow (turned into GBNF in the worker)
     banned_strings: tuple[str, ...] = ()
     logit_bias: dict[int, float] = field(default_factory=dict)
     add_bos: bool = True  # prepend BOS when the model's tokenizer asks for it

@@ -20,6 +20,7 @@ from warren.api.errors import install_error_handlers
 from warren.api.kobold.routes import router as kobold_router
 from warren.api.limits import BodyLimit, JsonBodies
 from warren.api.metrics import router as metrics_router
+from warren.api.ollama.routes import router as ollama_router
 from warren.api.openai.routes import router as openai_router
 from warren.pool.pool import Pool
 
@@ -45,10 +46,10 @@ def create_app(pool: Pool, *, preload: bool = True) -> FastAPI:
             await pool.close()
 
     app = FastAPI(title="warren", version=__version__, lifespan=lifespan,
-                  description="A local LLM server for GGUF models: KoboldCpp, OpenAI dialects.")
+                  description="A local LLM server for GGUF models: KoboldCpp, OpenAI and Ollama dialects.")
     app.state.pool = pool
     install_error_handlers(app)
-    for router in (kobold_router, openai_router):
+    for router in (kobold_router, openai_router, ollama_router):
         app.include_router(router)
         app.include_router(router, prefix="/m/{model_name}")
     for router in (admin_router, metrics_router, status_router):

@@ -2,8 +2,10 @@
 
 - KoboldCpp: ``{"detail": {"msg": …, "type": …}}`` (its own shape; 401 adds ``"error": "Unauthorized"``).
 - OpenAI: ``{"error": {"message": …, "type": …, "param": null, "code": …}}``.
+- Ollama: ``{"error": "…"}``.
 
-The dialect is chosen by the route (``/v1/…`` is OpenAI, the rest KoboldCpp), after stripping the
+The dialect is chosen by the route (``/v1/…`` is OpenAI, Ollama's own ``/api/…`` names are Ollama, the
+rest KoboldCpp), after stripping the
 per-model prefix ``/m/{name}``. Unexpected exceptions become a 500 with a request id and a generic
 message; the traceback goes to the log only.
 """
@@ -28,6 +30,12 @@ log = logging.getLogger(__name__)
 class Dialect(enum.Enum):
     KOBOLD = "kobold"
     OPENAI = "openai"
+    OLLAMA = "ollama"
+
+
+OLLAMA_ROUTES = frozenset({"/api/generate", "/api/chat", "/api/tags", "/api/ps", "/api/show", "/api/version",
+                           "/api/embed", "/api/embeddings", "/api/pull", "/api/push", "/api/create",
+                           "/api/copy", "/api/delete", "/api/blobs"})
 
 
 def strip_model_prefix(path: str) -> str:
@@ -38,8 +46,12 @@ def strip_model_prefix(path: str) -> str:
 
 
 def dialect_of(path: str) -> Dialect:
-    path = strip_model_prefix(path)
-    return Dialect.OPENAI if path == "/v1" or path.startswith("/v1/") else Dialect.KOBOLD
+    path = strip_model_prefix(path).rstrip("/") or "/"
+    if path == "/v1" or path.startswith("/v1/"):
+        return Dialect.OPENAI
+    if path in OLLAMA_ROUTES:
+        return Dialect.OLLAMA
+    return Dialect.KOBOLD
 
 
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
@@ -48,6 +60,8 @@ OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: 
 
 
 def error_body(dialect: Dialect, exc: WarrenError) -> dict[str, Any]:
+    if dialect is Dialect.OLLAMA:
+        return {"error": exc.message}
     if dialect is Dialect.OPENAI:
         return {"error": {"message": exc.message, "type": OPENAI_TYPES.get(exc.http_status, "server_error"),
                           "param": exc.details.get("param"), "code": exc.code}}

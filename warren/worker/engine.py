@@ -48,6 +48,16 @@ KV_TYPES = {0: L.GGML_TYPE_F16, 1: L.GGML_TYPE_Q8_0, 2: L.GGML_TYPE_Q4_0}
 UBATCH_MAX = 512  # llama.cpp's default micro-batch
 
 
+def _schema_grammar(schema: str) -> str:
+    """JSON schema -> GBNF with llama-cpp-python's converter (here in the worker: it imports llama_cpp)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return str(json_schema_to_gbnf(schema))
+    except Exception as exc:  # the converter raises assorted errors for schemas it cannot express
+        raise InvalidRequest(f"the JSON schema cannot be turned into a grammar: {exc}") from None
+
+
 def _load_mode(settings: ModelSettings) -> int:
     if settings.use_mlock:  # validation guarantees mmap here: MLOCK without MMAP is the #1323 crash
         return L.LLAMA_LOAD_MODE_MMAP_MLOCK
@@ -187,8 +197,9 @@ class LlamaEngine:
         if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
             add(chain, L.llama_sampler_init_penalties(n_vocab, params.repeat_last_n, params.repeat_penalty,
                                                       params.frequency_penalty, params.presence_penalty))
-        if params.grammar:
-            grammar = L.llama_sampler_init_grammar(self.vocab, params.grammar.encode("utf-8"), b"root")
+        gbnf = params.grammar or (_schema_grammar(params.json_schema) if params.json_schema else "")
+        if gbnf:
+            grammar = L.llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
             if not grammar:
                 L.llama_sampler_free(chain)
                 raise InvalidRequest("the grammar could not be parsed as GBNF with a 'root' rule")

@@ -9,6 +9,7 @@ sampler seed. Unlike KoboldCpp, a prompt that does not fit the context is refuse
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import uuid
 from typing import Any
@@ -19,16 +20,7 @@ from warren.errors import InvalidRequest
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ServerSettings
 
-# A small GBNF for "any JSON object" (response_format json_object).
-JSON_OBJECT_GBNF = r"""
-root   ::= object
-value  ::= object | array | string | number | ("true" | "false" | "null") ws
-object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
-array  ::= "[" ws ( value ("," ws value)* )? "]" ws
-string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt/] | "u" [0-9a-fA-F]{4}) )* "\"" ws
-number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
-ws     ::= | " " | "\n" [ \t]{0,20}
-"""
+JSON_OBJECT_SCHEMA = '{"type": "object"}'  # response_format json_object: any JSON object
 
 
 def _common(req: Sampling, server: ServerSettings, prompt: str, max_tokens: int | None) -> GenerationParams:
@@ -67,12 +59,19 @@ def chat_params(req: ChatRequest, server: ServerSettings, model_info: dict[str, 
     prompt = render_chat(model_info.get("chat_template"), messages, bos_token=model_info.get("bos_token", ""),
                          eos_token=model_info.get("eos_token", ""))
     params = _common(req, server, prompt, req.max_completion_tokens or req.max_tokens)
-    kind = (req.response_format or {}).get("type", "text")
-    if kind == "json_object" and not params.grammar:
-        params = dataclasses.replace(params, grammar=JSON_OBJECT_GBNF)
-    elif kind not in ("text", "json_object"):
-        raise InvalidRequest(f"response_format type {kind!r} is not supported (use 'text' or 'json_object')",
-                             param="response_format")
+    fmt = req.response_format or {}
+    kind = fmt.get("type", "text")
+    if kind == "json_object":
+        params = dataclasses.replace(params, json_schema=JSON_OBJECT_SCHEMA)
+    elif kind == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest("response_format json_schema needs json_schema.schema, an object",
+                                 param="response_format")
+        params = dataclasses.replace(params, json_schema=json.dumps(schema))
+    elif kind != "text":
+        raise InvalidRequest(f"response_format type {kind!r} is not supported (use text, json_object or "
+                             "json_schema)", param="response_format")
     return params
 
 

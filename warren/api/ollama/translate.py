@@ -1,0 +1,137 @@
+"""Ollama requests -> ``GenerationParams``; model facts and results -> Ollama's response shapes.
+
+- ``num_predict`` -1 (Ollama's default) and -2 mean "until the context is full"; ``num_ctx`` cannot
+  reload a model per request here, so it caps the window of this request instead.
+- ``format: "json"`` constrains the output to a JSON object; a JSON schema ``format`` to that schema.
+- Names: Ollama's ``name:tag``; ``name:latest`` is the catalog entry ``name``.
+- Durations in responses are nanoseconds, as in Ollama.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from warren.api.chat_template import render_chat
+from warren.api.ollama.schemas import Base, ChatRequest, GenerateRequest
+from warren.errors import InvalidRequest
+from warren.gguf.reader import GGUFInfo, SkippedArray
+from warren.params import FinishReason, GenerationParams, GenerationResult
+from warren.units import parse_duration
+
+NS = 1_000_000_000
+NEVER = "2318-11-22T00:00:00Z"  # what Ollama reports as expires_at for a model kept loaded for ever
+
+
+def model_name(name: str) -> str:
+    """``smol:latest`` -> ``smol``; other tags stay part of the name."""
+    return name.removesuffix(":latest")
+
+
+def tagged(name: str) -> str:
+    return name if ":" in name else f"{name}:latest"
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def keep_alive_seconds(value: float | str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value, "keep_alive")
+    except Exception as exc:  # ConfigError: its message names the value
+        raise InvalidRequest(str(exc), param="keep_alive") from None
+    return -1.0 if seconds < 0 else seconds
+
+
+def _schema(fmt: str | dict[str, Any] | None) -> str:
+    if fmt is None or fmt == "":
+        return ""
+    if fmt == "json":
+        return '{"type": "object"}'
+    if isinstance(fmt, dict):
+        return json.dumps(fmt)
+    raise InvalidRequest(f'format {fmt!r} is not supported: use "json" or a JSON schema', param="format")
+
+
+def _params(req: Base, prompt: str, n_ctx: int) -> GenerationParams:
+    o = req.options
+    window = min(o.num_ctx or n_ctx, n_ctx)
+    max_tokens = o.num_predict if o.num_predict is not None and o.num_predict > 0 else window
+    stop = (o.stop,) if isinstance(o.stop, str) else tuple(o.stop or ())
+    return GenerationParams(
+        prompt=prompt, max_tokens=max_tokens, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
+        min_p=o.min_p, typical_p=o.typical_p, repeat_penalty=o.repeat_penalty,
+        repeat_last_n=window if o.repeat_last_n < 0 else o.repeat_last_n, presence_penalty=o.presence_penalty,
+        frequency_penalty=o.frequency_penalty, mirostat=o.mirostat, mirostat_tau=o.mirostat_tau,
+        mirostat_eta=o.mirostat_eta, seed=o.seed if o.seed is not None and o.seed >= 0 else -1, stop=stop,
+        json_schema=_schema(req.format), context_limit=window, truncate_prompt=True,
+    )
+
+
+def generate_params(req: GenerateRequest, model_info: dict[str, Any], n_ctx: int) -> GenerationParams:
+    if req.raw:
+        prompt = req.prompt
+    else:
+        messages = ([{"role": "system", "content": req.system}] if req.system else []) + \
+            [{"role": "user", "content": req.prompt}]
+        prompt = render_chat(model_info.get("chat_template"), messages, bos_token=model_info.get("bos_token", ""),
+                             eos_token=model_info.get("eos_token", ""))
+    return _params(req, prompt, n_ctx)
+
+
+def chat_params(req: ChatRequest, model_info: dict[str, Any], n_ctx: int) -> GenerationParams:
+    if any(m.images for m in req.messages):
+        raise InvalidRequest("images are not supported: warren serves text models", param="messages")
+    prompt = render_chat(model_info.get("chat_template"), [m.model_dump(include={"role", "content"})
+                                                           for m in req.messages],
+                         bos_token=model_info.get("bos_token", ""), eos_token=model_info.get("eos_token", ""))
+    return _params(req, prompt, n_ctx)
+
+
+def done_reason(reason: FinishReason) -> str:
+    return "length" if reason in (FinishReason.LENGTH, FinishReason.ABORT) else "stop"
+
+
+def timings(r: GenerationResult, total_seconds: float, load_seconds: float) -> dict[str, int]:
+    return {"total_duration": int(total_seconds * NS), "load_duration": int(load_seconds * NS),
+            "prompt_eval_count": r.prompt_tokens, "prompt_eval_duration": int(r.prompt_seconds * NS),
+            "eval_count": r.completion_tokens, "eval_duration": int(r.generation_seconds * NS)}
+
+
+# -- model facts ----------------------------------------------------------------------------------------
+def _size_label(info: GGUFInfo) -> str:
+    label = info.metadata.get("general.size_label")
+    if isinstance(label, str) and label:
+        return label
+    n = info.parameter_count
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def details(info: GGUFInfo) -> dict[str, Any]:
+    return {"parent_model": "", "format": "gguf", "family": info.architecture, "families": [info.architecture],
+            "parameter_size": _size_label(info), "quantization_level": info.quantization}
+
+
+def digest(path: Path) -> str:
+    """A stable id for the file without hashing gigabytes: sha256 of its path, size and mtime."""
+    st = path.stat()
+    return hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+
+
+def modified_at(path: Path) -> str:
+    return datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def model_info(info: GGUFInfo) -> dict[str, Any]:
+    """GGUF metadata as Ollama's ``model_info``: scalars and short arrays (the vocabulary is left out)."""
+    out: dict[str, Any] = {"general.parameter_count": info.parameter_count}
+    for key, value in info.metadata.items():
+        if not isinstance(value, SkippedArray) and key != "tokenizer.chat_template":
+            out[key] = value
+    return out
