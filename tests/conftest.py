@@ -86,9 +86,9 @@ def start_server(args: list[str], tmp: Path, *, wait_ready: bool = True) -> Serv
             r = httpx.get(f"{server.url}/api/pool", timeout=10)
             if r.status_code in (401, 403):  # admin API closed on this server: being up is enough
                 return server
-            states = [i["state"] for i in r.json()["instances"]]
-            settled = all(s in ("ready", "load_failed", "crashed", "unloaded") for s in states)
-            if not wait_ready or (settled and ("--nomodel" in args or "unloaded" not in states)):
+            status = r.json()
+            active = next((i for i in status["instances"] if i["name"] == status["active"]), None)
+            if not wait_ready or active is None or active["state"] in ("ready", "load_failed", "crashed"):
                 return server
         except httpx.HTTPError:
             pass

@@ -123,6 +123,9 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds a request waits for memory held by busy models before a 503."),
     Option("nowarmspare", ("--no-warm-spare", "--nowarmspare"), K.FLAG, False,
            "Do not keep a started worker ready for the next load."),
+    Option("corsorigins", ("--cors-origins", "--corsorigins"), K.STRS, ["*"],
+           "Origins browsers may call the API from (KoboldCpp answers every origin: *). Give none to send no "
+           "CORS headers."),
     # -- GUI-only, accepted --------------------------------------------------------------------------
     Option("showgui", ("--showgui",), K.FLAG, False, support=A, reason=_GUI),
     Option("skiplauncher", ("--skiplauncher",), K.FLAG, False, support=A, reason=_GUI),

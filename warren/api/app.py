@@ -54,8 +54,11 @@ def create_app(pool: Pool, *, preload: bool = True) -> FastAPI:
         app.include_router(router, prefix="/m/{model_name}")
     for router in (admin_router, metrics_router, status_router):
         app.include_router(router)
-    # KoboldCpp answers every origin (browser UIs such as KoboldAI Lite are served from elsewhere).
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    # KoboldCpp answers every origin (browser UIs such as KoboldAI Lite are served from elsewhere);
+    # --cors-origins narrows it, and an empty list sends no CORS headers at all.
+    if pool.server.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(pool.server.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, max_bytes=pool.server.max_request_bytes)
     return app

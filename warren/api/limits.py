@@ -37,17 +37,28 @@ class BodyLimit:
             await self._refuse(scope, send, error)
             return
         seen = 0
+        exceeded = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    exceeded = True
                     raise error
             return message
 
-        await self.app(scope, limited, send)
+        async def checked_send(message: Message) -> None:
+            # The framework turns our exception into its own 400 ("error parsing the body"): once the
+            # limit was hit, answer 413 in the dialect's shape instead, and drop what it sends.
+            if exceeded:
+                if message["type"] == "http.response.start":
+                    await self._refuse(scope, send, error)
+                return
+            await send(message)
+
+        await self.app(scope, limited, checked_send)
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, error: InvalidRequest) -> None:

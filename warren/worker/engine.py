@@ -181,6 +181,10 @@ class LlamaEngine:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         add = L.llama_sampler_chain_add
         biases = dict(params.logit_bias)
+        outside = [t for t in biases if not 0 <= t < n_vocab]
+        if outside:
+            raise InvalidRequest(f"logit_bias token id {outside[0]} is outside the vocabulary [0, {n_vocab})",
+                                 param="logit_bias")
         if params.ban_eos:
             if not self.eog_tokens:
                 self.eog_tokens = [t for t in range(n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
