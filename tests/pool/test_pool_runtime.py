@@ -122,3 +122,22 @@ async def test_the_warm_spare_is_adopted_by_the_next_load(model_path: Path, monk
         assert pool._spare is not None and pool._spare is not spare
     finally:
         await pool.close()
+
+
+async def test_worker_killed_while_loading(make_pool) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import os
+    import signal
+
+    pool = await make_pool([entry("stuck", "hang_load")])
+    request = asyncio.create_task(generate(pool, "stuck"))
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        inst = pool.instances.get("stuck")
+        if inst is not None and inst.handle is not None and inst.handle.pid and inst.state.value == "loading":
+            break
+    assert inst is not None and inst.handle is not None
+    os.kill(inst.handle.pid, signal.SIGKILL)
+    with pytest.raises(WorkerCrashed, match="killed by SIGKILL"):
+        await request
+    assert pool.policy.reserved == 0 and "stuck" not in pool.policy.residents

@@ -1,0 +1,132 @@
+"""Real signals on real workers behind a real server, in every dialect; shutdown by SIGTERM and SIGKILL.
+
+Three catalog entries (one per dialect, so each crashes fewer times than the crash-loop limit) and a
+fourth, ``other``, that keeps serving while the others crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import ROOT, Server, free_port, start_server
+
+STREAMS = {
+    "kobold": lambda m: ("/m/" + m + "/api/extra/generate/stream",
+                         {"prompt": "Once upon a time", "max_length": 400, "ban_eos_token": True}),
+    "openai": lambda m: ("/v1/completions", {"model": m, "prompt": "Once upon a time", "max_tokens": 400,
+                                             "stream": True}),
+    "ollama": lambda m: ("/api/generate", {"model": m, "prompt": "Tell a long story.", "stream": True,
+                                           "options": {"num_predict": 400}}),
+}
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("models")
+    for name in ("kobold", "openai", "ollama", "other"):
+        (folder / f"{name}.kcpps").write_text(json.dumps({"model_param": str(model_path), "contextsize": 768}))
+    server = start_server(["--nomodel", "--models-dir", str(folder), "--no-warm-spare"],
+                          tmp_path_factory.mktemp("srv"))
+    yield server
+    server.stop()
+
+
+def status(srv: Server, name: str) -> dict:
+    return next(i for i in srv.pool()["instances"] if i["name"] == name)
+
+
+def load(srv: Server, name: str) -> int:
+    r = httpx.post(f"{srv.url}/api/models/{name}/load", json={}, timeout=60)
+    assert r.status_code == 200, r.text
+    return int(r.json()["pid"])
+
+
+@pytest.mark.parametrize("dialect", ["kobold", "openai", "ollama"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT])
+def test_worker_killed_mid_stream(srv: Server, dialect: str, sig: signal.Signals) -> None:
+    pid = load(srv, dialect)
+    path, body = STREAMS[dialect](dialect)
+    lines: list[str] = []
+    with httpx.stream("POST", f"{srv.url}{path}", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            lines.append(line)
+            if len([x for x in lines if x.strip()]) == 3:
+                os.kill(pid, sig)
+    tail = "\n".join(lines[-3:])
+    assert f"killed by {sig.name}" in tail and dialect in tail, tail  # the error names the model and signal
+    assert not psutil.pid_exists(pid)
+    assert httpx.post(f"{srv.url}/m/other/api/v1/generate", json={"prompt": "Hi", "max_length": 2},
+                      timeout=60).status_code == 200  # other models keep serving
+    r = httpx.post(f"{srv.url}/m/{dialect}/api/v1/generate", json={"prompt": "Hi", "max_length": 2}, timeout=60)
+    assert r.status_code == 200  # and the model itself recovers
+    assert status(srv, dialect)["pid"] != pid
+
+
+def test_worker_killed_while_idle(srv: Server) -> None:
+    pid = load(srv, "other")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while status(srv, "other")["state"] != "crashed" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    s = status(srv, "other")
+    assert s["state"] == "crashed" and s["last_exit_kind"] == "oom_suspected" and "SIGKILL" in s["last_exit"]
+    assert s["memory"]["reserved"] == 0  # its memory is no longer counted
+    assert httpx.post(f"{srv.url}/m/other/api/v1/generate", json={"prompt": "Hi", "max_length": 2},
+                      timeout=60).status_code == 200
+
+
+def test_sigterm_finishes_in_flight_work_and_stops_every_worker(tmp_path: Path, model_path: Path) -> None:
+    server = start_server(["--model", str(model_path), "--contextsize", "512"], tmp_path)
+    worker = server.worker_pid()
+    children = [p.pid for p in psutil.Process(server.process.pid).children(recursive=True)]
+    events: list[str] = []
+
+    def stream() -> None:
+        with httpx.stream("POST", f"{server.url}/api/extra/generate/stream", timeout=60,
+                          json={"prompt": "Once", "max_length": 60, "ban_eos_token": True}) as r:
+            events.extend(line for line in r.iter_lines() if line.startswith("data:"))
+
+    t = threading.Thread(target=stream)
+    t.start()
+    time.sleep(0.3)
+    began = time.monotonic()
+    assert server.stop() == 0  # SIGTERM
+    t.join(30)
+    assert time.monotonic() - began < 15
+    assert events and json.loads(events[-1][5:])["finish_reason"] == "length"  # it was allowed to finish
+    assert worker is not None and not psutil.pid_exists(worker)
+    assert not [p for p in children if psutil.pid_exists(p)]
+
+
+def test_killed_supervisor_takes_its_workers_along(tmp_path: Path, model_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "warren", str(model_path), str(port), "--contextsize", "512"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        children: list[int] = []
+        while time.monotonic() < deadline and len(children) < 2:  # the model's worker and the warm spare
+            time.sleep(0.1)
+            children = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert children
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 2.0
+        while any(psutil.pid_exists(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not [p for p in children if psutil.pid_exists(p)], "workers outlived their killed supervisor"
+    finally:
+        proc.kill()
