@@ -40,6 +40,17 @@ setup() {
   fi
 }
 
+ensure_chromium() {
+  # The dashboard tests drive Debian's Chromium through Playwright (no browser download).
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium for the dashboard tests..." >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: chromium is not installed and cannot be installed here; the dashboard tests will be skipped" >&2
+  fi
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -49,6 +60,7 @@ case "$cmd" in
     ;;
   test)
     setup "test"
+    ensure_chromium
     exec .venv/bin/python -m pytest "$@"
     ;;
   *)

@@ -126,3 +126,8 @@ def test_pinned_models_over_the_budget_are_a_startup_error(model_path: Path, tmp
                        f'[models.two]\nmodel = "{model_path}"\npinned = true\n')
     assert_clean_error(warren("--check", "--nomodel", "--catalog", str(catalog), "--memory-budget", "300M",
                               "--port", str(free_port())), "the pinned models (one, two) need about")
+
+
+def test_active_model_over_the_budget_is_a_startup_error(model_path: Path) -> None:
+    assert_clean_error(warren("--check", str(model_path), "--memory-budget", "100M", "--port", str(free_port())),
+                       "needs about 338 MiB, more than the memory budget of 100 MiB")

@@ -145,6 +145,14 @@ async def load_model(name: str, request: Request, body: LoadRequest | None = Non
     return pool.describe(name)
 
 
+@router.post("/api/models/{name}/activate", dependencies=[Depends(require_admin)])
+async def activate_model(name: str, request: Request) -> dict[str, Any]:
+    """Hot swap without KoboldCpp's admin mode: make ``name`` the model un-prefixed routes serve."""
+    pool = get_pool(request)
+    await pool.activate(name)
+    return pool.describe(name)
+
+
 @router.post("/api/models/{name}/unload", dependencies=[Depends(require_admin)])
 async def unload_model(name: str, request: Request) -> dict[str, Any]:
     pool = get_pool(request)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from warren import __version__
 from warren.api.admin import router as admin_router
@@ -25,6 +28,15 @@ from warren.api.openai.routes import router as openai_router
 from warren.pool.pool import Pool
 
 status_router = APIRouter()
+
+
+STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
+
+
+@status_router.get("/", include_in_schema=False)
+async def dashboard() -> FileResponse:
+    """The dashboard (KoboldCpp serves its Lite UI here)."""
+    return FileResponse(STATIC / "index.html")
 
 
 @status_router.get("/ping")
@@ -54,6 +66,7 @@ def create_app(pool: Pool, *, preload: bool = True) -> FastAPI:
         app.include_router(router, prefix="/m/{model_name}")
     for router in (admin_router, metrics_router, status_router):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # KoboldCpp answers every origin (browser UIs such as KoboldAI Lite are served from elsewhere);
     # --cors-origins narrows it, and an empty list sends no CORS headers at all.
     if pool.server.cors_origins:

@@ -132,6 +132,11 @@ def build_catalog(plan: Plan, opts: dict[str, Any]) -> Catalog:
     for entry in catalog.entries.values():
         if not entry.valid:
             _say("warning", f"model {entry.name!r} ({entry.source}) cannot be loaded: {entry.error}")
+    active = catalog.entries.get(plan.model.name) if plan.model else None
+    if active is not None and active.estimate and active.estimate.total > plan.server.memory_budget:
+        raise ConfigError(f"the model {active.name!r} needs about {active.estimate.total // 2**20} MiB, more than the "
+                          f"memory budget of {plan.server.memory_budget // 2**20} MiB",
+                          hint="raise --memory-budget, or lower --contextsize")
     pinned = [e for e in catalog.entries.values() if e.pinned and e.estimate]
     need = sum(e.estimate.total for e in pinned if e.estimate)
     if need > plan.server.memory_budget:

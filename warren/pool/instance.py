@@ -65,8 +65,10 @@ KOBOLD_STOP_REASON = {FinishReason.LENGTH: 0, FinishReason.STOP: 1, FinishReason
 
 class ModelInstance:
     def __init__(self, settings: ModelSettings, *, queue_limit: int = 6, heartbeat: bool = True,
-                 on_exit: Callable[[ModelInstance, WarrenError], None] | None = None) -> None:
+                 on_exit: Callable[[ModelInstance, WarrenError], None] | None = None,
+                 on_progress: Callable[[ModelInstance], None] | None = None) -> None:
         self.settings = settings
+        self.on_progress = on_progress  # told as the worker reports load progress
         self.on_exit = on_exit  # told when a worker ends by itself (crash), not when we stop it
         self.name = settings.name
         self.queue_limit = queue_limit
@@ -164,6 +166,8 @@ class ModelInstance:
         else:
             handle = WorkerHandle(self.settings, heartbeat=self.heartbeat)
             self.handle = handle
+        if self.on_progress is not None:
+            handle.on_progress = lambda: self.on_progress(self) if self.on_progress else None
         try:
             if handle is not spare:
                 await handle.start()

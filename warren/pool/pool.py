@@ -95,6 +95,7 @@ class Lease:
         if not self._released:
             self._released = True
             self.pool.policy.released(self.instance.name, self.pool.clock())
+            self.pool._publish(self.instance, "usage")
 
     async def __aenter__(self) -> ModelInstance:
         try:
@@ -239,7 +240,7 @@ class Pool:
         inst = self.instances.get(entry.name)
         if inst is None:
             inst = ModelInstance(entry.settings, queue_limit=self.server.queue_limit, heartbeat=self.heartbeat,
-                                 on_exit=self._on_crash)
+                                 on_exit=self._on_crash, on_progress=lambda i: self._publish(i, "progress"))
             self.instances[entry.name] = inst
         elif inst.settings != entry.settings and inst.name not in self.policy.residents:
             inst.settings = entry.settings  # the entry changed while it was not loaded
@@ -263,6 +264,7 @@ class Pool:
         future = self._tickets.get(ticket)
         if future is not None and not future.done():
             future.set_result(model)
+            asyncio.get_running_loop().call_soon(self._publish_usage, model)
         else:  # the client left while waiting: hand the admission straight back
             asyncio.get_running_loop().call_soon(self.policy.released, model, self.clock())
 
@@ -315,11 +317,12 @@ class Pool:
                 instance.last_exit = f"unloaded: {reason}"
                 instance.last_exit_kind = "requested"
                 await instance.stop()
-                self._publish(instance, "unloaded", reason=reason)
         finally:
             if self._stops.get(model) is asyncio.current_task():
                 del self._stops[model]
             self.policy.exited(model, self.clock())
+        if instance is not None:
+            self._publish(instance, "unloaded", reason=reason)
 
     def _on_crash(self, instance: ModelInstance, error: WarrenError) -> None:
         now = self.clock()
@@ -431,8 +434,17 @@ class Pool:
     async def _measure_one(self, model: str, pid: int) -> None:
         footprint = await asyncio.to_thread(measure_footprint, pid)
         if footprint:
-            self._measured[model] = max(footprint, self._measured.get(model, 0))
-            self.policy.measured(model, footprint)
+            self._record_footprint(model, footprint)
+
+    def _record_footprint(self, model: str, footprint: int) -> None:
+        """Keep the largest footprint seen for the entry (it corrects later estimates), tell the policy
+        the current one, and tell watchers when it moved by more than a MiB."""
+        before = self._measured.get(model, 0)
+        self._measured[model] = max(footprint, before)
+        self.policy.measured(model, footprint)
+        instance = self.instances.get(model)
+        if instance is not None and abs(self._measured[model] - before) > 2**20:
+            self._publish(instance, "measured")
 
     def _measure(self) -> None:
         """Measure idle instances only: a busy one is using both cores, and its footprint is not moving."""
@@ -440,12 +452,22 @@ class Pool:
             inst = self.instances.get(name)
             if resident.phase is Phase.READY and not resident.in_flight and inst and inst.handle and inst.handle.alive:
                 footprint = measure_footprint(inst.handle.pid)
-                self._measured[name] = max(footprint, self._measured.get(name, 0))
-                self.policy.measured(name, footprint)
+                if footprint:
+                    self._record_footprint(name, footprint)
 
     # -- status -------------------------------------------------------------------------------------------
+    def _publish_usage(self, model: str) -> None:
+        instance = self.instances.get(model)
+        if instance is not None:
+            self._publish(instance, "usage")
+
     def _publish(self, instance: ModelInstance, event: str, **extra: Any) -> None:
-        self.events.publish(event, model=instance.name, instance=self.describe(instance.name), **extra)
+        self.events.publish(event, model=instance.name, instance=self.describe(instance.name),
+                            pool=self._totals(), **extra)
+
+    def _totals(self) -> dict[str, int]:
+        measured = sum(self._measured.get(n, 0) for n, r in self.policy.residents.items() if r.phase is Phase.READY)
+        return {"budget": self.policy.budget, "reserved": self.policy.reserved, "measured": measured}
 
     def describe(self, name: str) -> dict[str, Any]:
         entry = self.catalog.entries.get(name)
@@ -482,6 +504,5 @@ class Pool:
 
     def status(self) -> dict[str, Any]:
         names = list(dict.fromkeys([*self.catalog.entries, *self.instances]))
-        measured = sum(self._measured.get(n, 0) for n, r in self.policy.residents.items() if r.phase is Phase.READY)
-        return {**self.policy.status(), "measured": measured, "active": self.active_name,
+        return {**self.policy.status(), **self._totals(), "active": self.active_name,
                 "instances": [self.describe(n) for n in names]}

@@ -70,6 +70,7 @@ class WorkerHandle:
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_timeout = heartbeat_timeout
         self.exit_error: WarrenError | None = None
+        self.on_progress: Callable[[], None] | None = None
         self.exit_kind = ""  # requested | crashed | oom_suspected | hung, once the process has ended
         self.exited = asyncio.Event()
 
@@ -287,6 +288,8 @@ class WorkerHandle:
                 elif isinstance(frame, p.Progress):
                     self.progress = frame.fraction
                     log.info("loading model=%s progress=%d%%", self.name, round(frame.fraction * 100))
+                    if self.on_progress is not None:
+                        self.on_progress()
                 elif (queue := self._pending.get(frame.id)) is not None:
                     queue.put_nowait(frame)
         except asyncio.IncompleteReadError:
