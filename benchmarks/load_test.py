@@ -117,6 +117,17 @@ def start_server(folder: Path, model: Path, port: int, budget: str = "200M") -> 
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def wait_until_up(url: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/ping", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"warren at {url} did not come up within {seconds:g} s")
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -143,12 +154,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Path(tmp), model, port)
         try:
-            for _ in range(600):
-                try:
-                    httpx.get(f"{url}/ping", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
+            wait_until_up(url)
             sup = psutil.Process(server.pid)
             rss0 = sup.memory_info().rss
             result = run_load(url, args.clients, args.requests)

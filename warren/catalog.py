@@ -100,6 +100,7 @@ class Catalog:
         self.entries: dict[str, CatalogEntry] = {}
         self._cache: dict[tuple[Any, ...], CatalogEntry] = {}
         self._infos: dict[str, tuple[tuple[Any, ...], GGUFInfo]] = {}
+        self._toml_cache: tuple[tuple[int, int], list[CatalogEntry]] | None = None
 
     # -- building entries -----------------------------------------------------------------------------
     def _server_opts(self) -> dict[str, Any]:
@@ -145,7 +146,7 @@ class Catalog:
     def _from_file(self, path: Path, origin: str) -> CatalogEntry:
         key = (str(path), _stat_key(path), "file")
         cached = self._cache.get(key)
-        if cached is not None:
+        if cached is not None and not cached.stale:  # stale: the model file a .kcpps names has changed
             return cached
         if path.suffix.lower() == ".gguf":
             entry = self._from_gguf(path, origin)
@@ -153,6 +154,18 @@ class Catalog:
             entry = self._from_kcpps(path, origin)
         self._cache[key] = entry
         return entry
+
+    def _catalog_file_entries(self) -> list[CatalogEntry]:
+        """The TOML file's entries, parsed and validated again only when it or one of its files changed
+        (refresh runs every few seconds; validating reads each model's GGUF header)."""
+        assert self.catalog_file is not None
+        key = _stat_key(self.catalog_file)
+        cached = self._toml_cache
+        if cached is not None and cached[0] == key and not any(e.stale for e in cached[1]):
+            return cached[1]
+        entries = self._from_catalog_file()
+        self._toml_cache = (key, entries)
+        return entries
 
     def _from_catalog_file(self) -> list[CatalogEntry]:
         assert self.catalog_file is not None
@@ -229,8 +242,9 @@ class Catalog:
             keep = previous is not None and previous.origin == "--model" and not previous.stale
             add(previous if keep and previous is not None else self._active_entry())
         if self.catalog_file is not None:
-            for entry in self._from_catalog_file():
+            for entry in self._catalog_file_entries():
                 add(entry)
+        used: dict[tuple[Any, ...], CatalogEntry] = {}
         for folder in self.dirs:
             try:
                 names = sorted(os.listdir(folder))
@@ -240,7 +254,11 @@ class Catalog:
             for filename in names:
                 path = self.inside(folder, filename)
                 if path is not None:
+                    key = (str(path), _stat_key(path), "file")
                     add(self._from_file(path, str(folder)))
+                    if key in self._cache:
+                        used[key] = self._cache[key]
+        self._cache = used  # forget versions of files that changed or went away
         self.entries = entries
 
     def _active_entry(self) -> CatalogEntry:

@@ -33,12 +33,7 @@ def test_bounded_load(tmp_path: Path, model_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     server = lt.start_server(tmp_path, model_path, port)
     try:
-        for _ in range(600):
-            try:
-                httpx.get(f"{url}/ping", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        lt.wait_until_up(url)
         sup = psutil.Process(server.pid)
         rss0 = sup.memory_info().rss
         result = lt.run_load(url, clients=6, requests=6, max_tokens=4, deadline_s=240)

@@ -22,7 +22,7 @@ The channel is a socketpair inherited by the child: not stdout, which native cod
 from __future__ import annotations
 
 import struct
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import msgpack
@@ -176,7 +176,3 @@ def frame_length(header: bytes) -> int:
     if length > MAX_FRAME:
         raise ProtocolError(f"frame length {length} is over the {MAX_FRAME} limit")
     return length
-
-
-def as_dict(frame: Frame) -> dict[str, Any]:
-    return asdict(frame)
