@@ -142,3 +142,33 @@ def test_narrow_screen_and_keyboard(browser, srv: Server) -> None:  # type: igno
     pg.keyboard.press("Enter")
     expect(card(pg, "alpha").locator('[data-role="state"]')).to_have_text("ready", timeout=30_000)
     context.close()
+
+
+def test_actions_ask_for_the_admin_key_when_one_is_set(browser, tmp_path: Path, model_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = start_server(["--model", str(model_path), "--contextsize", "512", "--no-warm-spare",
+                           "--adminpassword", "open-sesame"], tmp_path)
+    name = "SmolLM2-135M-Instruct.Q4_1"
+
+    def set_key(value: str) -> None:
+        pg.fill("#admin-key", value)
+        pg.locator("#admin-key").dispatch_event("change")
+
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        pg = context.new_page()
+        pg.goto(server.url + "/")
+        expect(pg.locator("#conn")).to_contain_text("set the admin key")  # the pool view is locked
+        pg.locator(".keys summary").click()
+        set_key("open-sesame")
+        expect(pg.locator("#conn")).to_have_text("live", timeout=15_000)
+        expect(card(pg, name).locator('[data-role="state"]')).to_have_text("ready", timeout=30_000)
+        set_key("wrong")  # the action fails: the page says why and asks for the key again
+        pg.get_by_role("button", name=f"Unload {name}", exact=True).click()
+        expect(pg.locator("#toast")).to_contain_text("Admin key is missing or invalid")
+        expect(pg.locator("#admin-key")).to_be_focused()
+        set_key("open-sesame")
+        pg.get_by_role("button", name=f"Unload {name}", exact=True).click()
+        expect(card(pg, name).locator('[data-role="state"]')).to_have_text("unloaded", timeout=20_000)
+        context.close()
+    finally:
+        server.stop()
