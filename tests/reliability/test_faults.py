@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import ROOT, Server, free_port, start_server
+from tests.conftest import ROOT, Server, free_port, start_server, write_entries
 
 STREAMS = {
     "kobold": lambda m: ("/m/" + m + "/api/extra/generate/stream",
@@ -34,9 +34,8 @@ STREAMS = {
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("models")
-    for name in ("kobold", "openai", "ollama", "other"):
-        (folder / f"{name}.kcpps").write_text(json.dumps({"model_param": str(model_path), "contextsize": 768}))
+    folder = write_entries(tmp_path_factory.mktemp("models"), model_path,
+                           dict.fromkeys(("kobold", "openai", "ollama", "other"), 768))
     server = start_server(["--nomodel", "--models-dir", str(folder), "--no-warm-spare"],
                           tmp_path_factory.mktemp("srv"))
     yield server

@@ -3,7 +3,6 @@ unload, see a crash. Screenshots of the main states go to ``test-artifacts/dashb
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Server, start_server
+from tests.conftest import ROOT, Server, start_server, write_entries
 
 SHOTS = ROOT / "test-artifacts" / "dashboard"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -28,9 +27,7 @@ from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("models")
-    for name, ctx in (("alpha", 512), ("beta", 768)):
-        (folder / f"{name}.kcpps").write_text(json.dumps({"model_param": str(model_path), "contextsize": ctx}))
+    folder = write_entries(tmp_path_factory.mktemp("models"), model_path, {"alpha": 512, "beta": 768})
     server = start_server(["--nomodel", "--models-dir", str(folder), "--memory-budget", "200M",
                            "--no-warm-spare", "--loadwait", "2"], tmp_path_factory.mktemp("srv"))
     yield server
