@@ -141,3 +141,16 @@ async def test_worker_killed_while_loading(make_pool) -> None:  # type: ignore[n
     with pytest.raises(WorkerCrashed, match="killed by SIGKILL"):
         await request
     assert pool.policy.reserved == 0 and "stuck" not in pool.policy.residents
+
+
+async def test_no_warm_spare_without_room_in_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "SPARE_DELAY", 0.0)
+    pool = Pool(ServerSettings(), FixedCatalog([entry("big", "fake", 990)]), budget=1000 * MIB, warm_spare=True)
+    try:
+        await pool.start(preload=False)
+        await generate(pool, "big")  # the load asks for a spare afterwards
+        assert pool._spare_task is not None
+        await pool._spare_task
+        assert pool._spare is None and pool.status()["spare"] == 0  # 10 MiB left: no idle worker started
+    finally:
+        await pool.close()

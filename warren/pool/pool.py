@@ -31,6 +31,7 @@ from warren.errors import (
     WarrenError,
     WorkerLoadFailed,
 )
+from warren.gguf.estimate import WORKER_BASE_BYTES
 from warren.pool.events import EventBus
 from warren.pool.instance import InstanceState, ModelInstance
 from warren.pool.policy import Phase, PoolPolicy
@@ -134,6 +135,7 @@ class Pool:
         self._spare: WorkerHandle | None = None
         self._spare_task: asyncio.Task[None] | None = None
         self._spare_starting = False
+        self._spare_bytes = 0
         self._ticker: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -355,6 +357,8 @@ class Pool:
         # Start it a moment after a load, not during it: its interpreter start and imports take a core
         # for ~0.3 s, which would slow the first request on the model just loaded.
         await asyncio.sleep(SPARE_DELAY)
+        if self.policy.budget - self.policy.reserved < WORKER_BASE_BYTES:
+            return  # no room in the budget for an idle worker: loads start cold instead
         self._spare_starting = True
         handle = WorkerHandle(ModelSettings(name="spare", path=Path("/dev/null")), heartbeat=self.heartbeat)
         try:
@@ -362,6 +366,7 @@ class Pool:
         except WarrenError as exc:
             log.warning("warm spare worker did not start error=%s", exc.message)
             return
+        self._spare_bytes = await asyncio.to_thread(measure_footprint, handle.pid)
         self._spare = handle
 
     async def _take_spare(self, settings: ModelSettings) -> WorkerHandle | None:
@@ -466,8 +471,11 @@ class Pool:
                             pool=self._totals(), **extra)
 
     def _totals(self) -> dict[str, int]:
+        """Budget figures. The warm spare is not reserved (the next load adopts it, inside that load's
+        own reservation) and is only started when the budget has room for it; ``spare`` shows it."""
         measured = sum(self._measured.get(n, 0) for n, r in self.policy.residents.items() if r.phase is Phase.READY)
-        return {"budget": self.policy.budget, "reserved": self.policy.reserved, "measured": measured}
+        spare = self._spare_bytes if self._spare is not None else 0
+        return {"budget": self.policy.budget, "reserved": self.policy.reserved, "measured": measured, "spare": spare}
 
     def describe(self, name: str) -> dict[str, Any]:
         entry = self.catalog.entries.get(name)
