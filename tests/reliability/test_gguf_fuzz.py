@@ -41,7 +41,7 @@ def check(data: bytes) -> None:
 mutation = st.tuples(st.integers(min_value=0, max_value=4000), st.binary(min_size=1, max_size=8))
 
 
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations=st.lists(mutation, min_size=1, max_size=6), cut=st.one_of(st.none(), st.integers(0, 5000)))
 def test_mutated_headers(valid_bytes: bytes, mutations: list[tuple[int, bytes]], cut: int | None) -> None:
     data = bytearray(valid_bytes)
@@ -51,7 +51,7 @@ def test_mutated_headers(valid_bytes: bytes, mutations: list[tuple[int, bytes]],
     check(bytes(data[:cut] if cut is not None else data))
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=200, deadline=5000)
 @given(st.binary(max_size=512))
 def test_random_bytes_after_the_magic(tail: bytes) -> None:
     check(b"GGUF" + tail)
