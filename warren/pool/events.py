@@ -20,6 +20,11 @@ class EventBus:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._seq = itertools.count(1)
 
+    @property
+    def listened(self) -> bool:
+        """Whether anyone subscribes: publishers skip building events nobody will read."""
+        return bool(self._subscribers)
+
     def publish(self, event_type: str, **data: Any) -> None:
         event = {"type": event_type, "seq": next(self._seq), **data}
         for queue in self._subscribers:

@@ -467,6 +467,8 @@ class Pool:
             self._publish(instance, "usage")
 
     def _publish(self, instance: ModelInstance, event: str, **extra: Any) -> None:
+        if not self.events.listened:
+            return  # describing an instance is not free, and this runs twice per request
         self.events.publish(event, model=instance.name, instance=self.describe(instance.name),
                             pool=self._totals(), **extra)
 
