@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -177,7 +176,7 @@ async def pool_events(request: Request) -> StreamingResponse:
 
     async def stream() -> AsyncIterator[bytes]:
         async with pool.events.subscribe() as queue:
-            yield sse.event(json.dumps({"type": "snapshot", **pool.status()}), "snapshot")
+            yield sse.event({"type": "snapshot", **pool.status()}, "snapshot")
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), EVENTS_KEEPALIVE)

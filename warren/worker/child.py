@@ -105,9 +105,7 @@ class Worker:
     # -- main thread ---------------------------------------------------------------------------------
     def serve(self) -> None:
         while True:
-            frame = self.inbox.get()
-            if isinstance(frame, p.Shutdown):
-                return
+            frame = self.inbox.get()  # the worker ends on channel EOF (the reader thread), not here
             try:
                 self.channel.send(self.handle(frame))
             except WarrenError as exc:

@@ -76,11 +76,6 @@ class Ping(Frame):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Shutdown(Frame):
-    pass
-
-
 # -- worker -> supervisor ------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Hello(Frame):
