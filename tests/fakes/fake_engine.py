@@ -26,11 +26,15 @@ class FakeEngine:
 
     token_delay = 0.0
 
-    def load(self, settings: ModelSettings, progress: Callable[[float], None]) -> dict[str, Any]:
+    def load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Any = None
+             ) -> dict[str, Any]:
         for step in range(5):
             progress(step / 4)
         return {"n_ctx": settings.context_size, "n_ctx_train": 4096, "n_vocab": 100, "chat_template": None,
-                "bos_token": "<s>", "eos_token": "</s>", "add_bos": False}
+                "bos_token": "<s>", "eos_token": "</s>", "add_bos": False,
+                # what the supervisor asked to pre-fault, so pool tests can see it
+                "prefault_bytes": prefault.nbytes if prefault else 0,
+                "prefault_after": list(prefault.after) if prefault else []}
 
     def on_token(self, index: int) -> None:
         pass
@@ -79,12 +83,14 @@ class AbortEngine(CrashEngine):
 
 
 class FailLoadEngine(FakeEngine):
-    def load(self, settings: ModelSettings, progress: Callable[[float], None]) -> dict[str, Any]:
+    def load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Any = None
+             ) -> dict[str, Any]:
         raise WorkerLoadFailed(f"fake engine refuses to load {settings.name}")
 
 
 class HangLoadEngine(FakeEngine):
-    def load(self, settings: ModelSettings, progress: Callable[[float], None]) -> dict[str, Any]:
+    def load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Any = None
+             ) -> dict[str, Any]:
         time.sleep(3600)
         return {}
 

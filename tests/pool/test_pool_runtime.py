@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -154,3 +155,20 @@ async def test_no_warm_spare_without_room_in_the_budget(monkeypatch: pytest.Monk
         assert pool._spare is None and pool.status()["spare"] == 0  # 10 MiB left: no idle worker started
     finally:
         await pool.close()
+
+
+async def test_a_swap_prefaults_the_cache_after_the_evicted_worker_ends(make_pool) -> None:  # type: ignore[no-untyped-def]
+    def with_cache(e: CatalogEntry) -> CatalogEntry:
+        assert e.estimate is not None
+        return dataclasses.replace(e, estimate=dataclasses.replace(e.estimate, kv_cache=8 * MIB))
+
+    pool = await make_pool([with_cache(entry("a", "fake", 600)), with_cache(entry("b", "fake", 600))],
+                           budget_mib=1000)
+    await generate(pool, "a")
+    a = pool.instances["a"].handle
+    assert a is not None and a.model_info["prefault_after"] == []  # nothing was replaced
+    a_pid = a.pid
+    await generate(pool, "b")  # evicts a
+    b = pool.instances["b"].handle
+    assert b is not None and b.model_info["prefault_after"] == [a_pid]
+    assert b.model_info["prefault_bytes"] >= 8 * MIB

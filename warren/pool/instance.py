@@ -22,7 +22,7 @@ import enum
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,15 +144,20 @@ class ModelInstance:
             raise h.exit_error
         raise WorkerClosed(f"model {self.name!r} is not loaded", model=self.name)
 
-    async def load(self, spare: WorkerHandle | None = None) -> WorkerHandle:
-        """Start a worker (or adopt a warm ``spare``) and load the model; concurrent callers share one load."""
+    async def load(self, spare: WorkerHandle | None = None, prefault_bytes: int = 0,
+                   prefault_after: Sequence[int] = ()) -> WorkerHandle:
+        """Start a worker (or adopt a warm ``spare``) and load the model; concurrent callers share one load.
+        ``prefault_bytes``, ``prefault_after``: the KV cache's estimated size, and the pids of the workers
+        this load replaces (``warren/worker/prefault.py``)."""
         if self.handle is not None and self.handle.alive and self.state is InstanceState.READY:
             return self.handle
         if self._starting is None or self._starting.done():
-            self._starting = asyncio.create_task(self._start(spare), name=f"start-{self.name}")
+            self._starting = asyncio.create_task(self._start(spare, prefault_bytes, prefault_after),
+                                                 name=f"start-{self.name}")
         return await asyncio.shield(self._starting)
 
-    async def _start(self, spare: WorkerHandle | None) -> WorkerHandle:
+    async def _start(self, spare: WorkerHandle | None, prefault_bytes: int, prefault_after: Sequence[int]
+                     ) -> WorkerHandle:
         if self.handle is not None:
             self._record_exit(self.handle)
             await self.handle.stop()
@@ -173,7 +178,7 @@ class ModelInstance:
                 await handle.start()
             self.state = InstanceState.LOADING
             log.info("loading model=%s handle=%s pid=%s", self.name, self.handle_id, handle.pid)
-            await handle.load()
+            await handle.load(prefault_bytes, prefault_after)
         except WarrenError as exc:
             self.state = InstanceState.CRASHED if isinstance(exc, WorkerCrashed) else InstanceState.LOAD_FAILED
             self.last_error = exc.message

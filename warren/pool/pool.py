@@ -46,6 +46,7 @@ CRASH_WINDOW = 120.0  # crashes older than this are forgotten
 CRASH_LOOP_LIMIT = 4  # this many crashes within the window quarantine the model
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0  # seconds before restarting after the n-th crash: base * 2**(n-1)
 SPARE_DELAY = 0.2  # seconds after a load before the next warm spare starts (let its first request run)
+MEASURE_DELAY = 0.3  # seconds after a load before its first memory measurement (likewise)
 
 
 def measure_footprint(pid: int) -> int:
@@ -277,6 +278,8 @@ class Pool:
 
     # -- carrying the effects out -------------------------------------------------------------------------
     async def _load(self, model: str, evict: list[str]) -> None:
+        replaced = [h.pid for h in (self.instances[v].handle for v in evict if v in self.instances)
+                    if h is not None and h.alive]
         for victim in evict:
             self.evictions[victim] = self.evictions.get(victim, 0) + 1
             log.info("evicting model=%s to load model=%s", victim, model)
@@ -290,7 +293,9 @@ class Pool:
         self._publish(instance, "loading")
         started = time.perf_counter()
         try:
-            await instance.load(await self._take_spare(instance.settings))
+            await instance.load(await self._take_spare(instance.settings),
+                                prefault_bytes=entry.estimate.kv_cache if entry.estimate else 0,
+                                prefault_after=replaced)
         except WarrenError as exc:
             if isinstance(exc, WorkerLoadFailed):
                 self._quarantine[model] = (entry.fingerprint, exc.message)
@@ -298,8 +303,7 @@ class Pool:
             self._publish(instance, "load_failed", error=exc.message)
             raise
         assert instance.handle is not None
-        # Reading /proc/PID/smaps takes tens of ms: the request waiting for this load should not. The
-        # reservation stays at the estimate until the measurement, taken off the loop, replaces it.
+        # The reservation stays at the estimate until the measurement replaces it, a moment later.
         self.policy.load_finished(model, ok=True, measured=0, load_seconds=time.perf_counter() - started,
                                   now=self.clock())
         self._spawn(self._measure_one(model, instance.handle.pid), f"measure-{model}")
@@ -437,6 +441,15 @@ class Pool:
                     self.catalog.refresh()
 
     async def _measure_one(self, model: str, pid: int) -> None:
+        """The first measurement of a new worker, once its first requests are done: the kernel's walk of
+        its page tables takes a few ms of CPU, which during the first decode (two threads on two cores
+        here) delayed the first token of every swap. A model busy for longer is measured by the tick."""
+        await asyncio.sleep(MEASURE_DELAY)
+        resident = self.policy.residents.get(model)
+        instance = self.instances.get(model)
+        if resident is None or resident.in_flight or instance is None or instance.handle is None \
+                or instance.handle.pid != pid or not instance.handle.alive:
+            return
         footprint = await asyncio.to_thread(measure_footprint, pid)
         if footprint:
             self._record_footprint(model, footprint)

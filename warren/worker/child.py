@@ -36,6 +36,7 @@ from warren.params import GenerationParams
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
 from warren.worker.engine_api import Engine
+from warren.worker.prefault import Prefault
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 BATCH_INTERVAL = 0.25  # s between partial-text frames of a non-streamed generation
@@ -165,7 +166,7 @@ class Worker:
                 self.channel.send(p.Progress(id=frame.id, fraction=round(fraction, 3)))
 
         try:
-            info = self.engine.load(settings, progress)
+            info = self.engine.load(settings, progress, Prefault(frame.prefault_bytes, frame.prefault_after))
         except WarrenError:
             raise
         except Exception as exc:  # a native loader failure surfaces as a Python exception here

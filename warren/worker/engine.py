@@ -25,6 +25,7 @@ import llama_cpp as L
 from warren.errors import InvalidRequest, PromptTooLong, WarrenError, WorkerLoadFailed
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
+from warren.worker.prefault import Prefault
 from warren.worker.stops import StopMatcher
 
 GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = 3, 4, 5  # ggml.h: 1 debug, 2 info, 3 warn, 4 error, 5 cont
@@ -80,7 +81,18 @@ class LlamaEngine:
         self.one_token = (L.llama_token * 1)()
 
     # -- load ---------------------------------------------------------------------------------------
-    def load(self, settings: ModelSettings, progress: Callable[[float], None]) -> dict[str, Any]:
+    def load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Prefault | None = None
+             ) -> dict[str, Any]:
+        """``prefault``: the KV cache's memory, faulted in on the other core while the model loads."""
+        prefault = prefault or Prefault(0)
+        prefault.start()
+        try:
+            return self._load(settings, progress, prefault)
+        finally:
+            prefault.finish()
+
+    def _load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Prefault
+              ) -> dict[str, Any]:
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = settings.gpu_layers
         mp.load_mode = _load_mode(settings)
@@ -95,6 +107,7 @@ class LlamaEngine:
         if not self.model:
             raise WorkerLoadFailed(f"llama.cpp could not load {settings.path} (its log is in the worker's stderr)")
         self.vocab = L.llama_model_get_vocab(self.model)
+        prefault.release()  # the context's KV cache, allocated next, takes the pre-faulted block
 
         cp = L.llama_context_default_params()
         cp.n_ctx = settings.context_size

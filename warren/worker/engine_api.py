@@ -11,11 +11,14 @@ from typing import Any, Protocol
 
 from warren.params import GenerationParams, GenerationResult
 from warren.settings import ModelSettings
+from warren.worker.prefault import Prefault
 
 
 class Engine(Protocol):
-    def load(self, settings: ModelSettings, progress: Callable[[float], None]) -> dict[str, Any]:
-        """Load the model; return its description (the ``Ready`` frame's ``model``)."""
+    def load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Prefault | None = None
+             ) -> dict[str, Any]:
+        """Load the model; return its description (the ``Ready`` frame's ``model``). ``prefault`` is the
+        memory the context will need at once, which an engine may fault in while the model loads."""
         ...
 
     def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,

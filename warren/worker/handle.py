@@ -27,13 +27,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from warren.errors import WarrenError, WorkerClosed, WorkerCrashed, WorkerLoadFailed, describe_exit
 from warren.params import GenerationParams
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
+from warren.worker.environment import worker_environment
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class WorkerHandle:
                 pass_fds=(child_sock.fileno(),), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops workers in order
+                env=worker_environment(),
             )
         finally:
             child_sock.close()
@@ -106,8 +108,11 @@ class WorkerHandle:
         self.settings = settings
         self.name = settings.name
 
-    async def load(self) -> dict[str, Any]:
-        frame = await self._request(p.Load(id=next(self._ids), settings=self.settings.as_wire()), self._load_timeout)
+    async def load(self, prefault_bytes: int = 0, prefault_after: Sequence[int] = ()) -> dict[str, Any]:
+        """``prefault_bytes``/``prefault_after``: see ``warren/worker/prefault.py``."""
+        frame = await self._request(p.Load(id=next(self._ids), settings=self.settings.as_wire(),
+                                           prefault_bytes=prefault_bytes, prefault_after=list(prefault_after)),
+                                   self._load_timeout)
         assert isinstance(frame, p.Ready)
         self.model_info = frame.model
         self.load_seconds = frame.load_seconds

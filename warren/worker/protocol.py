@@ -47,6 +47,8 @@ class Frame:
 @dataclass(frozen=True, slots=True)
 class Load(Frame):
     settings: dict[str, Any] = field(default_factory=dict)  # ModelSettings.as_wire()
+    prefault_bytes: int = 0  # the KV cache's estimated size, faulted in while the model loads
+    prefault_after: list[int] = field(default_factory=list)  # pids of the workers this load replaces
 
 
 @dataclass(frozen=True, slots=True)
