@@ -25,19 +25,25 @@ class FakeEngine:
     """Emits ``max_tokens`` tokens named t0, t1, …; ``on_token(i)`` is the hook faults use."""
 
     token_delay = 0.0
+    loads = 0  # in this process: a resumed (parked) model is loaded again by the same worker
+    parks = 0
 
     def load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Any = None
              ) -> dict[str, Any]:
         for step in range(5):
             progress(step / 4)
+        self.loads += 1
         return {"n_ctx": settings.context_size, "n_ctx_train": 4096, "n_vocab": 100, "chat_template": None,
-                "bos_token": "<s>", "eos_token": "</s>", "add_bos": False,
+                "bos_token": "<s>", "eos_token": "</s>", "add_bos": False, "loads": self.loads, "parks": self.parks,
                 # what the supervisor asked to pre-fault, so pool tests can see it
                 "prefault_bytes": prefault.nbytes if prefault else 0,
                 "prefault_after": list(prefault.after) if prefault else []}
 
     def on_token(self, index: int) -> None:
         pass
+
+    def park(self) -> None:
+        self.parks += 1
 
     def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
                  cancelled: Callable[[], bool]) -> GenerationResult:

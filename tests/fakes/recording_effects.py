@@ -15,6 +15,9 @@ class RecordingEffects:
     def start_load(self, model: str, evict: Sequence[str]) -> None:
         self.calls.append(("load", model, tuple(evict)))
 
+    def park(self, model: str) -> None:
+        self.calls.append(("park", model))
+
     def stop(self, model: str, reason: str) -> None:
         self.calls.append(("stop", model, reason))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from warren.errors import PromptTooLong, WorkerCrashed
+from warren.errors import PromptTooLong, WarrenError, WorkerCrashed
 from warren.params import FinishReason, GenerationParams
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
@@ -157,3 +157,37 @@ def test_worker_dies_with_a_killed_supervisor(model_path: Path) -> None:
         assert not psutil.pid_exists(worker_pid), "the worker outlived its supervisor"
     finally:
         sup.kill()
+
+
+def rss(pid: int) -> int:
+    """Resident bytes (not PSS: another process mapping the same model file would change PSS)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Rss:"))
+
+
+async def test_park_gives_back_the_context_and_weights_and_resume_generates_the_same(model_path: Path) -> None:
+    handle = WorkerHandle(ModelSettings(name="smol", path=model_path, context_size=2048), heartbeat=False)
+    await handle.start()
+    try:
+        await handle.load(prefault_bytes=48 << 20)
+        params = GenerationParams(prompt="The capital of France is", **GREEDY)
+        _, before = await run(handle, params, stream=False)
+        loaded = rss(handle.pid)
+        await handle.park()
+        parked = rss(handle.pid)
+        # The KV cache (45 MiB at 2048 tokens) and the weights' pages (92 MiB) are gone from the process.
+        assert loaded - parked > 100 << 20, (loaded >> 20, parked >> 20)
+        with pytest.raises(WarrenError):  # nothing to generate with while parked
+            await run(handle, params, stream=False)
+        await handle.load()  # resume: the same worker, a new context
+        _, after = await run(handle, params, stream=False)
+        assert after.text == before.text
+        assert abs(rss(handle.pid) - loaded) < 8 << 20
+    finally:
+        await handle.stop()
+
+
+async def test_a_worker_never_loads_a_second_model(worker: WorkerHandle, model_path: Path) -> None:
+    worker.settings = ModelSettings(name="other", path=model_path, context_size=512, use_mmap=False)
+    with pytest.raises(WarrenError, match="one model"):
+        await worker.load()

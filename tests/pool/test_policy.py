@@ -187,3 +187,79 @@ def test_a_crash_frees_memory_for_waiters(fx: RecordingEffects) -> None:
     fx.take()
     p.exited("a", 2)  # crashed mid-request
     assert fx.take() == [("load", "b", ()), ("grant", 2, "b")]
+
+
+# -- parking ------------------------------------------------------------------------------------------
+def parkable(policy: PoolPolicy, fx: RecordingEffects, name: str, need: int, park: int, now: float) -> None:
+    policy.request(0, name, need, now, park_need=park)
+    ready(policy, name, now)
+    policy.released(name, now)
+    fx.take()
+
+
+def test_an_evicted_model_is_parked_when_its_parked_bytes_fit(fx: RecordingEffects) -> None:
+    p = PoolPolicy(fx, budget=3 * GB)
+    parkable(p, fx, "a", 2 * GB, GB // 2, now=0)
+    p.request(1, "b", 2 * GB, now=10, park_need=GB // 2)
+    assert fx.take() == [("park", "a"), ("load", "b", ()), ("grant", 1, "b")]
+    assert p.residents["a"].phase is Phase.PARKED and p.residents["a"].bytes == GB // 2
+    assert p.reserved == 2 * GB + GB // 2
+    # Back to a: it grows from its parked bytes, and b (idle, most recent) is parked in turn.
+    ready(p, "b", 11)
+    p.released("b", 11)
+    p.request(2, "a", 2 * GB, now=20)
+    assert fx.take() == [("park", "b"), ("load", "a", ()), ("grant", 2, "a")]
+    assert p.residents["a"].phase is Phase.LOADING and p.reserved == 2 * GB + GB // 2
+
+
+def test_without_room_for_its_parked_bytes_the_victim_is_stopped(fx: RecordingEffects) -> None:
+    p = PoolPolicy(fx, budget=3 * GB)
+    parkable(p, fx, "a", 2 * GB, 2 * GB, now=0)  # parked it would keep as much as loaded
+    p.request(1, "b", 2 * GB, now=10)
+    assert fx.take() == [("load", "b", ("a",)), ("grant", 1, "b")]
+    assert p.residents["a"].phase is Phase.STOPPING
+
+
+def test_parked_models_go_first_and_are_stopped_not_parked_again(fx: RecordingEffects) -> None:
+    p = PoolPolicy(fx, budget=7 * GB // 2)
+    parkable(p, fx, "a", 2 * GB, GB, now=0)
+    parkable(p, fx, "b", 2 * GB, GB, now=10)  # a is parked: 2 + 1 GB
+    assert p.residents["a"].phase is Phase.PARKED
+    p.request(1, "c", 3 * GB, now=20, park_need=GB)  # a (parked) goes first, then b; no room to park b
+    assert fx.take() == [("load", "c", ("a", "b")), ("grant", 1, "c")]
+    assert p.residents["a"].phase is p.residents["b"].phase is Phase.STOPPING
+    assert p.reserved == 3 * GB
+
+
+def test_parked_models_expire_and_unload_like_idle_ones(fx: RecordingEffects) -> None:
+    p = PoolPolicy(fx, budget=3 * GB, keep_alive=60)
+    parkable(p, fx, "a", 2 * GB, GB // 2, now=0)
+    parkable(p, fx, "b", 2 * GB, GB // 2, now=10)
+    assert p.residents["a"].phase is Phase.PARKED
+    p.tick(now=61)  # a was last used at 0
+    assert ("stop", "a", "keep-alive expired") in fx.take()
+    p.exited("a", 62)
+    assert p.unload("b", "unload requested", now=63)
+    assert fx.take() == [("stop", "b", "unload requested")]
+
+
+def test_parked_models_take_no_max_models_slot(fx: RecordingEffects) -> None:
+    p = PoolPolicy(fx, budget=8 * GB, max_models=1)
+    parkable(p, fx, "a", GB, GB // 4, now=0)
+    p.request(1, "b", GB, now=10, park_need=GB // 4)
+    assert fx.take() == [("park", "a"), ("load", "b", ()), ("grant", 1, "b")]
+    ready(p, "b", 11)
+    p.released("b", 11)
+    p.request(2, "a", GB, now=20)  # resuming a needs the one slot: b is parked for it
+    assert fx.take() == [("park", "b"), ("load", "a", ()), ("grant", 2, "a")]
+
+
+def test_a_parked_measurement_replaces_its_parked_bytes(fx: RecordingEffects) -> None:
+    p = PoolPolicy(fx, budget=3 * GB)
+    parkable(p, fx, "a", 2 * GB, GB // 2, now=0)
+    p.request(1, "b", 2 * GB, now=10)
+    fx.take()
+    p.measured("a", GB // 4)  # a ready-instance measurement does not apply to a parked one
+    assert p.residents["a"].bytes == GB // 2
+    p.measured("a", GB // 4, parked=True)
+    assert p.residents["a"].bytes == GB // 4 and p.residents["a"].park_bytes == GB // 4

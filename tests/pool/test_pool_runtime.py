@@ -172,3 +172,58 @@ async def test_a_swap_prefaults_the_cache_after_the_evicted_worker_ends(make_poo
     b = pool.instances["b"].handle
     assert b is not None and b.model_info["prefault_after"] == [a_pid]
     assert b.model_info["prefault_bytes"] >= 8 * MIB
+
+
+async def eventually(condition, seconds: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def parkable_entry(name: str, mib: int, parked_mib: int) -> CatalogEntry:
+    e = entry(name, "fake", mib)
+    assert e.estimate is not None
+    return dataclasses.replace(e, estimate=dataclasses.replace(e.estimate, parked=parked_mib * MIB))
+
+
+async def test_a_swap_parks_the_evicted_model_and_resumes_it_in_the_same_worker(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool([parkable_entry("a", 600, 100), parkable_entry("b", 600, 100)], budget_mib=1000)
+    await generate(pool, "a")
+    a = pool.instances["a"].handle
+    assert a is not None
+    await generate(pool, "b")  # a is parked, not stopped: its worker lives on
+    assert pool.describe("a")["state"] == "parked" and a.alive
+    assert pool.describe("a")["handle"] == "a@1"  # the same instance: its handle stays valid
+    assert pool.policy.reserved <= pool.policy.budget
+    assert await generate(pool, "a@1") == " t0 t1 t2 t3 t4"  # resumed: same worker, loaded a second time
+    assert pool.instances["a"].handle is a and a.model_info["loads"] == 2 and a.model_info["parks"] == 1
+    assert pool.describe("b")["state"] == "parked" and pool.status()["parked"] > 0
+
+
+async def test_a_parked_model_is_stopped_when_its_room_is_needed(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool([parkable_entry("a", 600, 300), parkable_entry("b", 600, 300), entry("c", "fake", 650)],
+                           budget_mib=1000)
+    await generate(pool, "a")
+    await generate(pool, "b")  # a parked: 600 + 300
+    a = pool.instances["a"].handle
+    assert a is not None and pool.describe("a")["state"] == "parked"
+    await generate(pool, "c")  # needs a's parked room and b's: a is stopped, b too (no room to park it)
+    await a.exited.wait()
+    await eventually(lambda: pool.describe("a")["state"] == "unloaded")
+    assert pool.describe("a")["last_exit_kind"] == "requested"
+    assert pool.policy.reserved <= pool.policy.budget
+
+
+async def test_unloading_a_parked_model_stops_its_worker(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool([parkable_entry("a", 600, 100), parkable_entry("b", 600, 100)], budget_mib=1000)
+    await generate(pool, "a")
+    await generate(pool, "b")
+    a = pool.instances["a"].handle
+    assert a is not None and a.alive
+    assert pool.unload("a")
+    await a.exited.wait()
+    await eventually(lambda: pool.describe("a")["state"] == "unloaded" and "a" not in pool.policy.residents)

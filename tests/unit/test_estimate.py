@@ -25,4 +25,5 @@ def test_parts_and_total(model_path: Path) -> None:
     assert estimate_memory(info, context_size=8192, flash_attention=False).compute > large.compute
     assert large.compute == small.compute
     assert large.total == large.weights + large.kv_cache + large.compute + large.worker_base
-    assert set(large.as_dict()) == {"weights", "kv_cache", "compute", "worker_base", "total"}
+    assert set(large.as_dict()) == {"weights", "kv_cache", "compute", "worker_base", "parked", "total"}
+    assert large.worker_base < large.parked < large.total

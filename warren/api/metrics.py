@@ -9,7 +9,7 @@ from warren.api.deps import get_pool
 
 router = APIRouter()
 
-STATES = ("unloaded", "starting", "loading", "ready", "busy", "stopping", "crashed", "load_failed")
+STATES = ("unloaded", "starting", "loading", "ready", "busy", "parked", "stopping", "crashed", "load_failed")
 
 
 def _label(value: str) -> str:

@@ -1,7 +1,7 @@
 """Which idle instances to unload so a new one fits: a pure function, no I/O, no clock.
 
-Candidates are instances that are ready, unpinned, and have no request in flight or queued. Lower
-``priority`` goes first; within a priority, least recently used first; among equally recent ones,
+Candidates are instances that are ready (or parked), unpinned, and have no request in flight or
+queued. Parked instances go first; then lower ``priority``; within a priority, least recently used first; among equally recent ones,
 the one that is cheaper to load again (measured load seconds) goes first. The answer is the shortest such prefix that makes room for the
 new instance in both memory and count, or ``None`` when even all candidates are not enough (the
 caller then waits for busy instances to finish).
@@ -20,6 +20,7 @@ class Candidate:
     last_used: float
     reload_seconds: float
     priority: int = 0
+    parked: bool = False  # parked instances go first: they were evicted once already
 
 
 def choose_victims(candidates: Iterable[Candidate], *, need: int, free: int, slots_free: int
@@ -28,7 +29,7 @@ def choose_victims(candidates: Iterable[Candidate], *, need: int, free: int, slo
     if need <= free and slots_free >= 1:
         return []
     victims: list[str] = []
-    for c in sorted(candidates, key=lambda c: (c.priority, c.last_used, c.reload_seconds)):
+    for c in sorted(candidates, key=lambda c: (not c.parked, c.priority, c.last_used, c.reload_seconds)):
         victims.append(c.name)
         free += c.bytes
         slots_free += 1

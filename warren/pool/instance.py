@@ -22,7 +22,7 @@ import enum
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ class InstanceState(enum.StrEnum):
     LOADING = "loading"
     READY = "ready"
     BUSY = "busy"
+    PARKED = "parked"
     STOPPING = "stopping"
     CRASHED = "crashed"
     LOAD_FAILED = "load_failed"
@@ -156,25 +157,43 @@ class ModelInstance:
                                                  name=f"start-{self.name}")
         return await asyncio.shield(self._starting)
 
+    @property
+    def parked(self) -> bool:
+        return self.state is InstanceState.PARKED and self.handle is not None and self.handle.alive
+
+    def park(self) -> Awaitable[None]:
+        """Parked from now on (no request or load sees it ready); the worker frees its context and
+        weights' pages when it gets to the returned request. A later ``load`` resumes it: same worker,
+        same handle, a new context."""
+        handle = self.require_ready()
+        self.state = InstanceState.PARKED
+        log.info("parking model=%s handle=%s pid=%s", self.name, self.handle_id, handle.pid)
+        return handle.park()
+
     async def _start(self, spare: WorkerHandle | None, prefault_bytes: int, prefault_after: Sequence[int]
                      ) -> WorkerHandle:
-        if self.handle is not None:
-            self._record_exit(self.handle)
-            await self.handle.stop()
-        self.generation += 1
-        self.state = InstanceState.STARTING
         started = time.perf_counter()
-        if spare is not None and spare.alive:
-            handle = spare
-            handle.adopt(self.settings)
-            self.handle = handle
+        resuming = self.parked
+        if resuming:
+            assert self.handle is not None
+            handle = self.handle
         else:
-            handle = WorkerHandle(self.settings, heartbeat=self.heartbeat)
-            self.handle = handle
-        if self.on_progress is not None:
-            handle.on_progress = lambda: self.on_progress(self) if self.on_progress else None
+            if self.handle is not None:
+                self._record_exit(self.handle)
+                await self.handle.stop()
+            self.generation += 1
+            self.state = InstanceState.STARTING
+            if spare is not None and spare.alive:
+                handle = spare
+                handle.adopt(self.settings)
+                self.handle = handle
+            else:
+                handle = WorkerHandle(self.settings, heartbeat=self.heartbeat)
+                self.handle = handle
+            if self.on_progress is not None:
+                handle.on_progress = lambda: self.on_progress(self) if self.on_progress else None
         try:
-            if handle is not spare:
+            if handle is not spare and not resuming:
                 await handle.start()
             self.state = InstanceState.LOADING
             log.info("loading model=%s handle=%s pid=%s", self.name, self.handle_id, handle.pid)
@@ -188,9 +207,10 @@ class ModelInstance:
         self.state = InstanceState.READY
         self.last_error = ""
         self.loads += 1
-        self._watcher = asyncio.create_task(self._watch(handle), name=f"watch-{self.name}")
-        log.info("model ready model=%s handle=%s pid=%s load_s=%.2f total_s=%.2f", self.name, self.handle_id,
-                 handle.pid, handle.load_seconds, time.perf_counter() - started)
+        if not resuming:
+            self._watcher = asyncio.create_task(self._watch(handle), name=f"watch-{self.name}")
+        log.info("model %s model=%s handle=%s pid=%s load_s=%.2f total_s=%.2f", "resumed" if resuming else "ready",
+                 self.name, self.handle_id, handle.pid, handle.load_seconds, time.perf_counter() - started)
         return handle
 
     async def _watch(self, handle: WorkerHandle) -> None:

@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,7 @@ class Pool:
         self._quarantine: dict[str, tuple[tuple[Any, ...], str]] = {}
         self._crash_times: dict[str, list[float]] = {}
         self._measured: dict[str, int] = {}
+        self._parked_measured: dict[str, int] = {}  # footprints measured while parked, per entry
         self._spare: WorkerHandle | None = None
         self._spare_task: asyncio.Task[None] | None = None
         self._spare_starting = False
@@ -211,7 +212,7 @@ class Pool:
         ticket = next(self._ticket_ids)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._tickets[ticket] = future
-        self.policy.request(ticket, base, self._need(entry), self.clock())
+        self.policy.request(ticket, base, self._need(entry), self.clock(), park_need=self._park_need(entry))
         try:
             await future
         finally:
@@ -256,12 +257,32 @@ class Pool:
             return measured
         return entry.estimate.total if entry.estimate else 0
 
+    def _park_need(self, entry: CatalogEntry) -> int:
+        """What the entry would keep parked (its last parked measurement, else the estimate); 0 when its
+        weights are not a file mapping, which parking could give back (``warren/worker/parking.py``)."""
+        s = entry.settings
+        if s is None or not s.use_mmap or s.use_mlock or entry.estimate is None:
+            return 0
+        return self._parked_measured.get(entry.name) or entry.estimate.parked
+
     # -- Effects (called by the policy, synchronously) ----------------------------------------------------
     def start_load(self, model: str, evict: Sequence[str]) -> None:
         self._loads[model] = self._spawn(self._load(model, list(evict)), f"load-{model}")
 
     def stop(self, model: str, reason: str) -> None:
         self._stops[model] = self._spawn(self._stop(model, reason), f"stop-{model}")
+
+    def park(self, model: str) -> None:
+        instance = self.instances.get(model)
+        try:
+            if instance is None:
+                raise WarrenError(f"model {model!r} has no instance")
+            request = instance.park()  # parked from now on, synchronously: nothing sees it ready any more
+        except WarrenError as exc:
+            self._park_failed(model, exc)
+            return
+        self.evictions[model] = self.evictions.get(model, 0) + 1
+        self._spawn(self._park(instance, request), f"park-{model}")
 
     def grant(self, ticket: int, model: str) -> None:
         future = self._tickets.get(ticket)
@@ -292,10 +313,16 @@ class Pool:
         instance = self._instance(entry)
         self._publish(instance, "loading")
         started = time.perf_counter()
+        resuming = instance.parked and instance.settings == entry.settings
+        if instance.parked and not resuming:  # its entry changed while parked: a fresh worker
+            await instance.stop()
         try:
-            await instance.load(await self._take_spare(instance.settings),
-                                prefault_bytes=entry.estimate.kv_cache if entry.estimate else 0,
-                                prefault_after=replaced)
+            if resuming:  # the model is loaded: a context is all it needs, and no second core's help
+                await instance.load()
+            else:
+                await instance.load(await self._take_spare(instance.settings),
+                                    prefault_bytes=entry.estimate.kv_cache if entry.estimate else 0,
+                                    prefault_after=replaced)
         except WarrenError as exc:
             if isinstance(exc, WorkerLoadFailed):
                 self._quarantine[model] = (entry.fingerprint, exc.message)
@@ -314,6 +341,20 @@ class Pool:
             self.policy.configure(model, keep_alive=-1)  # as KoboldCpp: the active model stays loaded
         self._publish(instance, "ready")
         self._ensure_spare()
+
+    async def _park(self, instance: ModelInstance, request: Awaitable[None]) -> None:
+        try:
+            await request
+        except WarrenError as exc:
+            self._park_failed(instance.name, exc)
+            return
+        self._publish(instance, "parked")
+        assert instance.handle is not None
+        self._spawn(self._measure_one(instance.name, instance.handle.pid, parked=True), f"measure-{instance.name}")
+
+    def _park_failed(self, model: str, error: WarrenError) -> None:
+        log.warning("could not park model=%s error=%s; unloading it", model, error.message)
+        self.policy.unload(model, f"could not park: {error.message}", self.clock())
 
     async def _stop(self, model: str, reason: str) -> None:
         instance = self.instances.get(model)
@@ -440,23 +481,28 @@ class Pool:
                 with contextlib.suppress(WarrenError):
                     self.catalog.refresh()
 
-    async def _measure_one(self, model: str, pid: int) -> None:
-        """The first measurement of a new worker, once its first requests are done: the kernel's walk of
-        its page tables takes a few ms of CPU, which during the first decode (two threads on two cores
-        here) delayed the first token of every swap. A model busy for longer is measured by the tick."""
+    async def _measure_one(self, model: str, pid: int, parked: bool = False) -> None:
+        """The first measurement of a new (or newly parked) worker, once its first requests are done: the
+        kernel's walk of its page tables takes a few ms of CPU, which during the first decode (two threads
+        on two cores here) delayed the first token of every swap. A model busy for longer is measured by
+        the tick."""
         await asyncio.sleep(MEASURE_DELAY)
         resident = self.policy.residents.get(model)
         instance = self.instances.get(model)
         if resident is None or resident.in_flight or instance is None or instance.handle is None \
-                or instance.handle.pid != pid or not instance.handle.alive:
+                or instance.handle.pid != pid or not instance.handle.alive or instance.parked != parked:
             return
         footprint = await asyncio.to_thread(measure_footprint, pid)
         if footprint:
-            self._record_footprint(model, footprint)
+            self._record_footprint(model, footprint, parked=parked)
 
-    def _record_footprint(self, model: str, footprint: int) -> None:
+    def _record_footprint(self, model: str, footprint: int, parked: bool = False) -> None:
         """Keep the largest footprint seen for the entry (it corrects later estimates), tell the policy
         the current one, and tell watchers when it moved by more than a MiB."""
+        if parked:
+            self._parked_measured[model] = max(footprint, self._parked_measured.get(model, 0))
+            self.policy.measured(model, footprint, parked=True)
+            return
         before = self._measured.get(model, 0)
         self._measured[model] = max(footprint, before)
         self.policy.measured(model, footprint)
@@ -468,10 +514,11 @@ class Pool:
         """Measure idle instances only: a busy one is using both cores, and its footprint is not moving."""
         for name, resident in self.policy.residents.items():
             inst = self.instances.get(name)
-            if resident.phase is Phase.READY and not resident.in_flight and inst and inst.handle and inst.handle.alive:
+            if resident.phase in (Phase.READY, Phase.PARKED) and not resident.in_flight and inst and inst.handle \
+                    and inst.handle.alive and inst.parked == (resident.phase is Phase.PARKED):
                 footprint = measure_footprint(inst.handle.pid)
                 if footprint:
-                    self._record_footprint(name, footprint)
+                    self._record_footprint(name, footprint, parked=inst.parked)
 
     # -- status -------------------------------------------------------------------------------------------
     def _publish_usage(self, model: str) -> None:
@@ -489,15 +536,17 @@ class Pool:
         """Budget figures. The warm spare is not reserved (the next load adopts it, inside that load's
         own reservation) and is only started when the budget has room for it; ``spare`` shows it."""
         measured = sum(self._measured.get(n, 0) for n, r in self.policy.residents.items() if r.phase is Phase.READY)
+        parked = sum(r.bytes for r in self.policy.residents.values() if r.phase is Phase.PARKED)
         spare = self._spare_bytes if self._spare is not None else 0
-        return {"budget": self.policy.budget, "reserved": self.policy.reserved, "measured": measured, "spare": spare}
+        return {"budget": self.policy.budget, "reserved": self.policy.reserved, "measured": measured,
+                "parked": parked, "spare": spare}
 
     def describe(self, name: str) -> dict[str, Any]:
         entry = self.catalog.entries.get(name)
         inst = self.instances.get(name)
         resident = self.policy.residents.get(name)
         status = inst.status() if inst else {"name": name, "handle": None, "state": "unloaded", "pid": None}
-        if inst and resident is None and status["state"] in ("ready", "busy", "loading", "starting"):
+        if inst and resident is None and status["state"] in ("ready", "busy", "loading", "starting", "parked"):
             status["state"] = "unloaded"
         if name in self._quarantine and status["state"] not in ("ready", "busy"):
             status["state"] = "load_failed" if inst is None or inst.state is not InstanceState.CRASHED else "crashed"

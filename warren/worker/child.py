@@ -129,6 +129,12 @@ class Worker:
             return p.Done(id=frame.id, text=r.text, finish_reason=r.finish_reason.value,
                           prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
                           prompt_seconds=r.prompt_seconds, generation_seconds=r.generation_seconds, seed=r.seed)
+        if isinstance(frame, p.Park):
+            park = getattr(self.engine, "park", None)
+            if park is None:
+                raise InvalidRequest("this worker's engine cannot park")
+            park()
+            return p.Result(id=frame.id, value=None)
         if isinstance(frame, p.Tokenize):
             return p.Result(id=frame.id, value=self.engine.tokenize(frame.text, frame.special))
         if isinstance(frame, p.Detokenize):

@@ -18,13 +18,15 @@ import os
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import llama_cpp as L
 
-from warren.errors import InvalidRequest, PromptTooLong, WarrenError, WorkerLoadFailed
+from warren.errors import InvalidRequest, PromptTooLong, WarrenError, WorkerClosed, WorkerLoadFailed
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
+from warren.worker.parking import drop_file_pages, trim_heap
 from warren.worker.prefault import Prefault
 from warren.worker.stops import StopMatcher
 
@@ -59,6 +61,11 @@ def _schema_grammar(schema: str) -> str:
         raise InvalidRequest(f"the JSON schema cannot be turned into a grammar: {exc}") from None
 
 
+def _model_key(settings: ModelSettings) -> tuple[Any, ...]:
+    """The settings the model itself (not its context) is loaded with."""
+    return (str(settings.path), _load_mode(settings), settings.gpu_layers)
+
+
 def _load_mode(settings: ModelSettings) -> int:
     if settings.use_mlock:  # validation guarantees mmap here: MLOCK without MMAP is the #1323 crash
         return L.LLAMA_LOAD_MODE_MMAP_MLOCK
@@ -71,6 +78,8 @@ class LlamaEngine:
         if not os.environ.get("WARREN_WORKER_DEBUG"):
             L.llama_log_set(_log_to_stderr, ctypes.c_void_p(0))
         self.model: Any = None
+        self.model_key: tuple[Any, ...] = ()  # what the loaded model was loaded with (a resume must match)
+        self.model_path: str = ""
         self.ctx: Any = None
         self.vocab: Any = None
         self.n_ctx = 0
@@ -93,6 +102,16 @@ class LlamaEngine:
 
     def _load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Prefault
               ) -> dict[str, Any]:
+        if self.model is None:
+            self._load_model(settings, progress)
+        elif self.ctx is not None or self.model_key != _model_key(settings):
+            raise WorkerLoadFailed("this worker holds another model already; a worker loads one model")
+        else:
+            progress(1.0)  # resuming a parked model: only the context is new
+        prefault.release()  # the context's KV cache, allocated next, takes the pre-faulted block
+        return self._new_context(settings)
+
+    def _load_model(self, settings: ModelSettings, progress: Callable[[float], None]) -> None:
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = settings.gpu_layers
         mp.load_mode = _load_mode(settings)
@@ -107,8 +126,9 @@ class LlamaEngine:
         if not self.model:
             raise WorkerLoadFailed(f"llama.cpp could not load {settings.path} (its log is in the worker's stderr)")
         self.vocab = L.llama_model_get_vocab(self.model)
-        prefault.release()  # the context's KV cache, allocated next, takes the pre-faulted block
+        self.model_key, self.model_path = _model_key(settings), str(settings.path)
 
+    def _new_context(self, settings: ModelSettings) -> dict[str, Any]:
         cp = L.llama_context_default_params()
         cp.n_ctx = settings.context_size
         self.n_batch = settings.batch_size if settings.batch_size > 0 else 16  # KoboldCpp -1: no big batches
@@ -148,6 +168,16 @@ class LlamaEngine:
             "add_bos": bool(L.llama_vocab_get_add_bos(self.vocab)),
             "gpu_offload": bool(L.llama_supports_gpu_offload()),
         }
+
+    def park(self) -> None:
+        """Free the context and the weights' pages; keep the model for a quick ``load`` later."""
+        if self.ctx is not None:
+            L.llama_free(self.ctx)
+            self.ctx = None
+        self.cached = []
+        trim_heap()
+        if self.model_key and self.model_key[1] == L.LLAMA_LOAD_MODE_MMAP:
+            drop_file_pages(Path(self.model_path))
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -284,6 +314,8 @@ class LlamaEngine:
 
     def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
                  cancelled: Callable[[], bool]) -> GenerationResult:
+        if self.ctx is None:  # parked (or never loaded): there is no context to decode with
+            raise WorkerClosed("the model is parked: it needs a Load to get a context back")
         seed = params.seed if params.seed >= 0 else random.getrandbits(31)
         started = time.perf_counter()
         tokens = self._prepare_prompt(params)

@@ -28,4 +28,7 @@ class Engine(Protocol):
 
     def tokenize(self, text: str, special: bool) -> list[int]: ...
 
+    # Optional: ``park()`` frees the context and the weights' pages and keeps the model, so that the next
+    # ``load`` with the same model only creates a context (``warren/worker/parking.py``).
+
     def detokenize(self, ids: list[int]) -> str: ...

@@ -121,6 +121,10 @@ class WorkerHandle:
             self._tasks.append(asyncio.create_task(self._beat(), name=f"heartbeat-{self.name}"))
         return frame.model
 
+    async def park(self) -> None:
+        """Ask the worker to free its context and weights' pages, keeping the model (``Park``)."""
+        await self._request(p.Park(id=next(self._ids)), 60.0)
+
     async def kill(self, reason: str) -> None:
         """End a misbehaving worker now; waiters get ``WorkerCrashed`` with ``reason``."""
         log.error("killing worker model=%s pid=%s reason=%s", self.name, self.pid, reason)

@@ -52,6 +52,11 @@ class Load(Frame):
 
 
 @dataclass(frozen=True, slots=True)
+class Park(Frame):
+    """Free the context and the weights' pages, keep the model; a later ``Load`` resumes it. ``Result``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Generate(Frame):
     params: dict[str, Any] = field(default_factory=dict)  # GenerationParams.as_wire()
     stream: bool = False

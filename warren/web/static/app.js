@@ -155,7 +155,8 @@ function fillCard(card, m) {
     ${reason ? `<p class="reason" data-role="reason">${escapeHtml(reason)}</p>` : ""}
     <dl>
       <dt>handle</dt><dd data-role="handle">${escapeHtml(m.handle || "—")}</dd>
-      <dt>memory</dt><dd data-role="memory">estimate ${mib(est)} · measured ${loaded ? mib(m.memory?.measured) : "—"}</dd>
+      <dt>memory</dt><dd data-role="memory">estimate ${mib(est)} · ${m.state === "parked"
+        ? `parked ${mib(m.memory?.reserved)}` : `measured ${loaded ? mib(m.memory?.measured) : "—"}`}</dd>
       <dt>load time</dt><dd>${m.load_seconds != null && loaded ? `${m.load_seconds.toFixed(2)} s` : "—"}</dd>
       <dt>requests</dt><dd>${m.in_flight || 0} in flight · ${m.queued || 0} queued</dd>
       <dt>last used</dt><dd data-role="used">${used}</dd>
@@ -163,7 +164,7 @@ function fillCard(card, m) {
       <dt>restarts</dt><dd>${m.restarts || 0} · ${m.crashes || 0} crashes</dd>
     </dl>
     <div class="actions">
-      <button data-act="load" ${loaded ? "disabled" : ""}>Load</button>
+      <button data-act="load" ${loaded && m.state !== "parked" ? "disabled" : ""}>Load</button>
       <button data-act="unload" ${loaded ? "" : "disabled"}>Unload</button>
       <button data-act="pin">${m.pinned ? "Unpin" : "Pin"}</button>
       <button data-act="activate" ${m.active ? "disabled" : ""}>Make active</button>
@@ -175,7 +176,7 @@ function fillCard(card, m) {
   if (focused) card.querySelector(`button[data-act="${focused}"]`)?.focus();
 }
 
-function isLoaded(m) { return ["ready", "busy", "loading", "starting"].includes(m.state); }
+function isLoaded(m) { return ["ready", "busy", "parked", "loading", "starting"].includes(m.state); }
 
 function cardText(m, elapsed) {
   let keep = "—";
