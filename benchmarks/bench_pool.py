@@ -3,10 +3,13 @@
 Run:  .venv/bin/python benchmarks/bench_pool.py [--swaps 20] [--cycles 100]
 
 1. Swap latency. Two catalog entries (``a`` and ``b``: the default model at context 2048) and a memory
-   budget that fits one. Requests alternate between them, so each one evicts the other model and
-   loads its own: the time from sending a streamed 1-token request to its first token. Compared with
-   the same swap done in-process by llama-cpp-python (``del`` the old ``Llama``, create the new one,
-   evaluate the prompt, sample a token), whose RSS growth over the swaps is recorded too.
+   budget that fits one loaded model. Requests alternate between them, so each one evicts the other
+   model and brings its own back: the time from sending a streamed 1-token request to its first token.
+   Measured twice: as warren runs by default (the evicted model is parked, and coming back needs a new
+   context only) and with ``--no-park`` (the evicted worker is stopped and the model loaded anew into
+   the warm spare). Compared with the same swap done in-process by llama-cpp-python (``del`` the old
+   ``Llama``, create the new one, evaluate the prompt, sample a token), whose RSS growth over the swaps
+   is recorded too.
 2. Reclaim. 100 load/unload cycles through the pool API: the supervisor's RSS growth, worker processes
    left behind, and the machine's available memory before and after. Compared with 100 in-process
    ``Llama()`` create/free cycles.
@@ -45,10 +48,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(folder: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "warren", "--nomodel", "--admin", "--admindir", str(folder),
-                             "--memory-budget", "300M", "--port", str(port)], cwd=ROOT,
+                             "--memory-budget", "300M", "--port", str(port), *extra], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -110,8 +113,19 @@ def available_memory() -> int:
     return int(statistics.median(readings))
 
 
+def footprints(url: str) -> dict[str, int]:
+    """Per state, the bytes the pool counts for the instances in it (measured PSS once measured)."""
+    time.sleep(1.0)  # the first measurement of a newly parked or loaded worker comes a moment later
+    out: dict[str, int] = {}
+    for i in httpx.get(f"{url}/api/pool", timeout=10).json()["instances"]:
+        out[i["state"]] = i["memory"]["reserved"]
+    return out
+
+
 def warren_reclaim(url: str, server_pid: int, cycles: int) -> dict[str, float]:
     client = httpx.Client(base_url=url, timeout=60)
+    for name in ("a", "b"):
+        client.post(f"/api/models/{name}/unload")  # an explicit unload stops a parked model too
     client.post("/api/models/a/load", json={})
     client.post("/api/models/a/unload")
     time.sleep(1.0)
@@ -160,9 +174,16 @@ def main() -> None:
         folder = Path(tmp)
         for name in ("a", "b"):
             (folder / f"{name}.kcpps").write_text(json.dumps({"model_param": str(model), "contextsize": CTX}))
+        proc, url = start(folder, "--no-park")
+        try:
+            cold_times = warren_swaps(url, args.swaps, args.pause)
+        finally:
+            proc.terminate()
+            proc.wait(20)
         proc, url = start(folder)
         try:
             swap_times = warren_swaps(url, args.swaps, args.pause)
+            sizes = footprints(url)
             reclaim = warren_reclaim(url, proc.pid, args.cycles)
         finally:
             proc.terminate()
@@ -179,6 +200,10 @@ def main() -> None:
           f"{statistics.median(swap_times) * 1000:.0f} ms | {statistics.median(local_swaps) * 1000:.0f} ms | "
           "≤ 150 ms |")
     print(f"| swap, slowest of {args.swaps} | {max(swap_times) * 1000:.0f} ms | {max(local_swaps) * 1000:.0f} ms | |")
+    print(f"| swap with `--no-park` (evicted worker stopped, model loaded into the warm spare), median | "
+          f"{statistics.median(cold_times) * 1000:.0f} ms | | |")
+    print(f"| memory the pool counts after the swaps: the loaded model / the parked one | "
+          f"{sizes.get('ready', 0) / MIB:.0f} MiB / {sizes.get('parked', 0) / MIB:.0f} MiB | | budget 300 MiB |")
     print(f"| RSS growth of the serving process over the {args.swaps} swaps | (workers end: 0 by design) | "
           f"{local_growth / MIB:+.1f} MiB | |")
     print(f"| {args.cycles} load/unload cycles: RSS growth of the serving process | "
@@ -188,7 +213,8 @@ def main() -> None:
     print(f"| change in the machine's available memory across the cycles | "
           f"{reclaim['avail_change'] / MIB:+.1f} MiB | {local_avail / MIB:+.1f} MiB | ≈ 0 |")
     print()
-    print("raw:", json.dumps({"warren_swaps_s": swap_times, "inprocess_swaps_s": local_swaps}, separators=(",", ":")))
+    print("raw:", json.dumps({"warren_swaps_s": swap_times, "warren_no_park_swaps_s": cold_times,
+                              "inprocess_swaps_s": local_swaps}, separators=(",", ":")))
 
 
 if __name__ == "__main__":

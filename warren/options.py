@@ -123,6 +123,9 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds a request waits for memory held by busy models before a 503."),
     Option("nowarmspare", ("--no-warm-spare", "--nowarmspare"), K.FLAG, False,
            "Do not keep a started worker ready for the next load."),
+    Option("nopark", ("--no-park", "--nopark"), K.FLAG, False,
+           "Stop models evicted to make room instead of parking them (a parked model keeps its worker and "
+           "tokenizer tables within the budget, so switching back to it takes a new context only)."),
     Option("corsorigins", ("--cors-origins", "--corsorigins"), K.STRS, ["*"],
            "Origins browsers may call the API from (KoboldCpp answers every origin: *). Give none to send no "
            "CORS headers."),

@@ -62,6 +62,7 @@ class ServerSettings:
     keep_alive: float = 300.0
     load_wait: float = 60.0
     warm_spare: bool = True
+    park: bool = True  # park evicted models when their parked footprint fits (warren/pool/policy.py)
     cors_origins: tuple[str, ...] = ("*",)
 
     @property

@@ -386,6 +386,7 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
         keep_alive=_duration(o["keepalive"]),
         load_wait=o["loadwait"],
         warm_spare=not o["nowarmspare"],
+        park=not o["nopark"],
         cors_origins=tuple(o["corsorigins"] or ()),
     )
     model = None

@@ -227,3 +227,15 @@ async def test_unloading_a_parked_model_stops_its_worker(make_pool) -> None:  # 
     assert pool.unload("a")
     await a.exited.wait()
     await eventually(lambda: pool.describe("a")["state"] == "unloaded" and "a" not in pool.policy.residents)
+
+
+async def test_with_parking_off_the_evicted_worker_is_stopped(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool([parkable_entry("a", 600, 100), parkable_entry("b", 600, 100)], budget_mib=1000,
+                           park=False)
+    await generate(pool, "a")
+    a = pool.instances["a"].handle
+    await generate(pool, "b")
+    assert a is not None
+    await a.exited.wait()
+    await eventually(lambda: pool.describe("a")["state"] == "unloaded")
+    assert await generate(pool, "a") == " t0 t1 t2 t3 t4" and pool.describe("a")["handle"] == "a@2"

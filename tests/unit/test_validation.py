@@ -127,6 +127,9 @@ def test_a_valid_configuration_becomes_settings(model_path: Path) -> None:
     assert (m.rope_freq_scale, m.rope_freq_base) == (0.5, 20000.0)
     assert m.use_mmap and not m.use_mlock
     assert plan.server.host == "127.0.0.1" and plan.server.queue_limit == 6
+    assert plan.server.park and plan.server.warm_spare
+    quiet = validate(opts(model_path, nopark=True, nowarmspare=True), env=NO_LIMIT).server
+    assert not quiet.park and not quiet.warm_spare
 
 
 def test_every_error_is_reported_not_only_the_first(model_path: Path) -> None:

@@ -113,12 +113,13 @@ class Lease:
 class Pool:
     def __init__(self, server: ServerSettings, catalog: Catalog, *, budget: int, max_models: int = 0,
                  keep_alive: float = 300.0, wait_seconds: float = 60.0, heartbeat: bool = True,
-                 warm_spare: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+                 warm_spare: bool = True, park: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.server = server
         self.catalog = catalog
         self.clock = clock
         self.heartbeat = heartbeat
         self.warm_spare = warm_spare
+        self.park_evicted = park
         self.policy = PoolPolicy(self, budget=budget, max_models=max_models, keep_alive=keep_alive,
                                  wait_seconds=wait_seconds)
         self.instances: dict[str, ModelInstance] = {}
@@ -261,7 +262,7 @@ class Pool:
         """What the entry would keep parked (its last parked measurement, else the estimate); 0 when its
         weights are not a file mapping, which parking could give back (``warren/worker/parking.py``)."""
         s = entry.settings
-        if s is None or not s.use_mmap or s.use_mlock or entry.estimate is None:
+        if not self.park_evicted or s is None or not s.use_mmap or s.use_mlock or entry.estimate is None:
             return 0
         return self._parked_measured.get(entry.name) or entry.estimate.parked
 
