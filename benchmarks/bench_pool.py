@@ -104,8 +104,15 @@ def inprocess_swaps(model: Path, swaps: int) -> tuple[list[float], float]:
     return times, growth
 
 
+SETTLE_SECONDS = 10.0
+
+
 def available_memory() -> int:
-    """The machine's available memory, settled: the median of five readings a quarter second apart."""
+    """The machine's available memory, settled: the median of five readings a quarter second apart, taken
+    after ``SETTLE_SECONDS``. This VM hands freed memory back to its host in the background (free page
+    reporting), and while it does the freed pages are missing from "available": after a worker exits,
+    the figure comes back over several seconds, not at once."""
+    time.sleep(SETTLE_SECONDS)
     readings = []
     for _ in range(5):
         time.sleep(0.25)
