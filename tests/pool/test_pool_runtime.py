@@ -239,3 +239,18 @@ async def test_with_parking_off_the_evicted_worker_is_stopped(make_pool) -> None
     await a.exited.wait()
     await eventually(lambda: pool.describe("a")["state"] == "unloaded")
     assert await generate(pool, "a") == " t0 t1 t2 t3 t4" and pool.describe("a")["handle"] == "a@2"
+
+
+async def test_a_parked_model_whose_entry_changed_is_loaded_afresh(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool([parkable_entry("a", 600, 100), parkable_entry("b", 600, 100)], budget_mib=1000)
+    await generate(pool, "a")
+    await generate(pool, "b")
+    assert pool.describe("a")["state"] == "parked"
+    old = pool.catalog.entries["a"]
+    assert old.settings is not None
+    pool.catalog.entries["a"] = dataclasses.replace(
+        old, settings=dataclasses.replace(old.settings, context_size=1024), fingerprint=("a", "changed"))
+    await generate(pool, "a")
+    assert pool.describe("a")["handle"] == "a@2"  # not the parked worker: a new one, with the new settings
+    handle = pool.instances["a"].handle
+    assert handle is not None and handle.model_info["n_ctx"] == 1024 and handle.model_info["loads"] == 1

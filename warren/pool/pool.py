@@ -317,6 +317,7 @@ class Pool:
         resuming = instance.parked and instance.settings == entry.settings
         if instance.parked and not resuming:  # its entry changed while parked: a fresh worker
             await instance.stop()
+            instance.settings = entry.settings
         try:
             if resuming:  # the model is loaded: a context is all it needs, and no second core's help
                 await instance.load()
@@ -503,6 +504,8 @@ class Pool:
         if parked:
             self._parked_measured[model] = max(footprint, self._parked_measured.get(model, 0))
             self.policy.measured(model, footprint, parked=True)
+            if (instance := self.instances.get(model)) is not None:
+                self._publish(instance, "measured")
             return
         before = self._measured.get(model, 0)
         self._measured[model] = max(footprint, before)
