@@ -131,3 +131,9 @@ def test_pinned_models_over_the_budget_are_a_startup_error(model_path: Path, tmp
 def test_active_model_over_the_budget_is_a_startup_error(model_path: Path) -> None:
     assert_clean_error(warren("--check", str(model_path), "--memory-budget", "100M", "--port", str(free_port())),
                        "needs about 338 MiB, more than the memory budget of 100 MiB")
+
+
+def test_the_default_model_over_the_budget_of_a_models_dir_points_at_nomodel(tmp_path: Path) -> None:
+    r = warren("--check", "--models-dir", str(tmp_path), "--memory-budget", "100M", "--port", str(free_port()))
+    assert_clean_error(r, "more than the memory budget of 100 MiB")
+    assert "--nomodel" in r.stderr

@@ -136,7 +136,9 @@ def build_catalog(plan: Plan, opts: dict[str, Any]) -> Catalog:
     if active is not None and active.estimate and active.estimate.total > plan.server.memory_budget:
         raise ConfigError(f"the model {active.name!r} needs about {active.estimate.total // 2**20} MiB, more than the "
                           f"memory budget of {plan.server.memory_budget // 2**20} MiB",
-                          hint="raise --memory-budget, or lower --contextsize")
+                          hint="raise --memory-budget, or lower --contextsize"
+                          + (", or give --nomodel to serve only the models in the directory"
+                             if plan.server.models_dirs or plan.server.catalog_file else ""))
     pinned = [e for e in catalog.entries.values() if e.pinned and e.estimate]
     need = sum(e.estimate.total for e in pinned if e.estimate)
     if need > plan.server.memory_budget:
