@@ -254,3 +254,19 @@ async def test_a_parked_model_whose_entry_changed_is_loaded_afresh(make_pool) ->
     assert pool.describe("a")["handle"] == "a@2"  # not the parked worker: a new one, with the new settings
     handle = pool.instances["a"].handle
     assert handle is not None and handle.model_info["n_ctx"] == 1024 and handle.model_info["loads"] == 1
+
+
+async def test_a_parked_worker_that_dies_is_reported_and_loaded_afresh(make_pool) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+
+    pool = await make_pool([parkable_entry("a", 600, 100), parkable_entry("b", 600, 100)], budget_mib=1000)
+    await generate(pool, "a")
+    await generate(pool, "b")
+    a = pool.instances["a"].handle
+    assert a is not None and pool.describe("a")["state"] == "parked"
+    os.kill(a.pid, signal.SIGKILL)  # e.g. the kernel's OOM killer
+    await a.exited.wait()
+    await eventually(lambda: "a" not in pool.policy.residents)
+    assert pool.describe("a")["last_exit_kind"] == "oom_suspected"
+    assert await generate(pool, "a") == " t0 t1 t2 t3 t4" and pool.describe("a")["handle"] == "a@2"

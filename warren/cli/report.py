@@ -20,7 +20,7 @@ def _mib(n: int) -> str:
 def _estimate_lines(est: MemoryEstimate) -> list[str]:
     return [f"  weights       {_mib(est.weights):>14}", f"  KV cache      {_mib(est.kv_cache):>14}",
             f"  compute       {_mib(est.compute):>14}", f"  worker base   {_mib(est.worker_base):>14}",
-            f"  total         {_mib(est.total):>14}"]
+            f"  total         {_mib(est.total):>14}", f"  parked        {_mib(est.parked):>14}  (kept by an evicted, parked instance)"]
 
 
 def print_analysis(path: Path, opts: dict[str, Any]) -> None:
@@ -72,7 +72,7 @@ def print_plan(plan: Plan, catalog: Catalog) -> None:
         e = entry.estimate
         flags = " pinned" if entry.pinned else ""
         print(f"  {entry.name:<28} total {_mib(e.total):>11}  (weights {_mib(e.weights)}, KV {_mib(e.kv_cache)}, "
-              f"compute {_mib(e.compute)}, worker {_mib(e.worker_base)}){flags}")
+              f"compute {_mib(e.compute)}, worker {_mib(e.worker_base)}; parked {_mib(e.parked)}){flags}")
         if e.total > s.memory_budget:
             print("    does NOT fit the budget on its own: requests for it are refused")
         elif used + e.total <= s.memory_budget:
@@ -80,4 +80,5 @@ def print_plan(plan: Plan, catalog: Catalog) -> None:
             used += e.total
     pinned = [e.name for e in catalog.entries.values() if e.pinned]
     print(f"pinned: {', '.join(pinned) or 'none'}")
-    print(f"fit together in the budget: {', '.join(fits) or 'none'} ({_mib(used)}); others load by evicting idle ones")
+    print(f"fit together in the budget: {', '.join(fits) or 'none'} ({_mib(used)}); others load by evicting idle ones"
+          + ("" if not s.park else ", which are parked while their parked size still fits (--no-park: stopped)"))
