@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import Server, start_server, write_entries
+from warren.pool.gpu_memory import GpuMemory
 
 BODY = {"prompt": "Once upon a time", "max_length": 8, "temperature": 0}
 
@@ -84,7 +85,9 @@ def test_handles_are_stable_and_a_gone_handle_is_410(srv: Server) -> None:
     c = srv.client()
     loaded = c.post("/api/models/a/load", json={}).json()
     assert loaded["handle"] == "a@1" and loaded["state"] == "ready"
-    assert set(loaded["memory"]) == {"estimate", "measured", "reserved"}
+    assert set(loaded["memory"]) == {"estimate", "measured", "gpu", "reserved"}
+    if not GpuMemory().available:  # no NVIDIA driver: the footprint is PSS alone
+        assert loaded["memory"]["gpu"] is None
     assert c.post("/m/a@1/api/v1/generate", json=BODY).status_code == 200
     c.post("/api/models/b/load", json={})  # evicts a@1
     gone = c.post("/m/a@1/api/v1/generate", json=BODY)

@@ -33,6 +33,7 @@ from warren.errors import (
 )
 from warren.gguf.estimate import WORKER_BASE_BYTES
 from warren.pool.events import EventBus
+from warren.pool.gpu_memory import GpuMemory
 from warren.pool.instance import InstanceState, ModelInstance
 from warren.pool.policy import Phase, PoolPolicy
 from warren.settings import ModelSettings, ServerSettings
@@ -135,6 +136,8 @@ class Pool:
         self._crash_times: dict[str, list[float]] = {}
         self._measured: dict[str, int] = {}
         self._parked_measured: dict[str, int] = {}  # footprints measured while parked, per entry
+        self.gpu = GpuMemory()
+        self._gpu_bytes: dict[str, int] = {}  # the GPU part of each entry's last measurement
         self._spare: WorkerHandle | None = None
         self._spare_task: asyncio.Task[None] | None = None
         self._spare_starting = False
@@ -494,9 +497,15 @@ class Pool:
         if resident is None or resident.in_flight or instance is None or instance.handle is None \
                 or instance.handle.pid != pid or not instance.handle.alive or instance.parked != parked:
             return
-        footprint = await asyncio.to_thread(measure_footprint, pid)
+        footprint = await asyncio.to_thread(self._footprint, model, pid)
         if footprint:
             self._record_footprint(model, footprint, parked=parked)
+
+    def _footprint(self, model: str, pid: int) -> int:
+        """PSS plus the GPU memory NVML reports for the worker (``warren/pool/gpu_memory.py``)."""
+        gpu = self.gpu.by_pid().get(pid, 0)
+        self._gpu_bytes[model] = gpu
+        return measure_footprint(pid) + gpu
 
     def _record_footprint(self, model: str, footprint: int, parked: bool = False) -> None:
         """Keep the largest footprint seen for the entry (it corrects later estimates), tell the policy
@@ -520,7 +529,7 @@ class Pool:
             inst = self.instances.get(name)
             if resident.phase in (Phase.READY, Phase.PARKED) and not resident.in_flight and inst and inst.handle \
                     and inst.handle.alive and inst.parked == (resident.phase is Phase.PARKED):
-                footprint = measure_footprint(inst.handle.pid)
+                footprint = self._footprint(name, inst.handle.pid)
                 if footprint:
                     self._record_footprint(name, footprint, parked=inst.parked)
 
@@ -563,6 +572,7 @@ class Pool:
             "active": name == self.active_name,
             "memory": {"estimate": entry.estimate.as_dict() if entry and entry.estimate else None,
                        "measured": self._measured.get(name) if resident else None,
+                       "gpu": self._gpu_bytes.get(name) if resident and self.gpu.available else None,
                        "reserved": resident.bytes if resident else 0},
             "in_flight": resident.in_flight if resident else 0,
             "pinned": bool(resident and resident.pinned) or bool(entry and entry.pinned),
