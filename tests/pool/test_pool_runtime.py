@@ -270,3 +270,20 @@ async def test_a_parked_worker_that_dies_is_reported_and_loaded_afresh(make_pool
     await eventually(lambda: "a" not in pool.policy.residents)
     assert pool.describe("a")["last_exit_kind"] == "oom_suspected"
     assert await generate(pool, "a") == " t0 t1 t2 t3 t4" and pool.describe("a")["handle"] == "a@2"
+
+
+async def test_the_warm_spare_goes_when_reservations_leave_no_room_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "SPARE_DELAY", 0.0)
+    pool = Pool(ServerSettings(), FixedCatalog([entry("big", "fake", 980)]), budget=1000 * MIB, warm_spare=True)
+    try:
+        await pool.start(preload=False)
+        pool._ensure_spare()
+        assert pool._spare_task is not None
+        await pool._spare_task
+        spare = pool._spare
+        assert spare is not None and spare.alive  # 1000 MiB of room: an idle worker fits
+        await generate(pool, "big")  # a fake engine does not adopt the spare, and 980 MiB leaves no room
+        assert pool._spare is None
+        await spare.exited.wait()
+    finally:
+        await pool.close()

@@ -323,10 +323,12 @@ class Pool:
             instance.settings = entry.settings
         try:
             if resuming:  # the model is loaded: a context is all it needs, and no second core's help
+                self._trim_spare()
                 await instance.load()
             else:
-                await instance.load(await self._take_spare(instance.settings),
-                                    prefault_bytes=entry.estimate.kv_cache if entry.estimate else 0,
+                spare = await self._take_spare(instance.settings)
+                self._trim_spare()
+                await instance.load(spare, prefault_bytes=entry.estimate.kv_cache if entry.estimate else 0,
                                     prefault_after=replaced)
         except WarrenError as exc:
             if isinstance(exc, WorkerLoadFailed):
@@ -418,6 +420,16 @@ class Pool:
             return
         self._spare_bytes = await asyncio.to_thread(measure_footprint, handle.pid)
         self._spare = handle
+
+    def _trim_spare(self) -> None:
+        """An idle spare is not reserved (the load that adopts it counts it in its own reservation), so
+        when the residents' reservations no longer leave room for it — a load that does not adopt it
+        (a resume, another engine), a measurement above the estimate — it is stopped."""
+        spare = self._spare
+        if spare is not None and self.policy.budget - self.policy.reserved < self._spare_bytes:
+            log.info("stopping the warm spare: the budget has no room left for it")
+            self._spare = None
+            self._spawn(spare.stop(), "spare-stop")
 
     async def _take_spare(self, settings: ModelSettings) -> WorkerHandle | None:
         if settings.engine != "llama" or not self.warm_spare:
@@ -519,6 +531,7 @@ class Pool:
         before = self._measured.get(model, 0)
         self._measured[model] = max(footprint, before)
         self.policy.measured(model, footprint)
+        self._trim_spare()
         instance = self.instances.get(model)
         if instance is not None and abs(self._measured[model] - before) > 2**20:
             self._publish(instance, "measured")
