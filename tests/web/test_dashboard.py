@@ -112,6 +112,8 @@ def test_swap_and_pin_show_the_server_state(page: Page, srv: Server) -> None:
 
 
 def test_a_crashed_worker_shows_its_reason(page: Page, srv: Server) -> None:
+    httpx.post(f"{srv.url}/api/models/alpha/unload", timeout=60)  # alone in the pool (not parked beside beta)
+    expect(card(page, "alpha").locator('[data-role="state"]')).to_have_text("unloaded", timeout=30_000)
     r = httpx.post(f"{srv.url}/api/models/beta/load", json={}, timeout=60)
     pid = r.json()["pid"]
     expect(card(page, "beta").locator('[data-role="state"]')).to_have_text("ready", timeout=30_000)
