@@ -76,6 +76,7 @@ def first_token(client: httpx.Client, model: str) -> float:
 def warren_swaps(url: str, swaps: int, pause: float) -> list[float]:
     client = httpx.Client(base_url=url, timeout=60)
     first_token(client, "a")
+    time.sleep(pause)  # the first swap too comes after a user's pause, not right behind the warm-up
     times = []
     for i in range(swaps):
         times.append(first_token(client, "b" if i % 2 == 0 else "a"))
