@@ -16,7 +16,7 @@ this model 3 GB?" is answered by the parts, not the sum:
 
 ``parked`` is not part of the total: it is what a *parked* instance keeps (``warren/pool/policy.py``),
 its worker base and tokenizer tables, with no context and the weights' pages unmapped. Measured here
-for the default model: 56 MiB PSS parked, against 198 MiB loaded at a 2048-token context.
+for the default model: 54 MiB PSS parked, against 196 MiB loaded at a 2048-token context.
 """
 
 from __future__ import annotations

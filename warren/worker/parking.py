@@ -5,8 +5,8 @@ that is pure CPU) and gives back everything large: the context is freed by the e
 free memory goes back to the system (``malloc_trim``), and the pages of the memory-mapped model file
 are unmapped from the process (``madvise(MADV_DONTNEED)``) — they stay in the page cache, so mapping
 them again on the first decode after resuming is cheap (~6 ms for the default model here), and they
-no longer count in this process's footprint. Measured for the default model: 198 MiB PSS loaded at a
-2048-token context, 56 MiB parked, and no growth over 100 park/resume cycles (``docs/benchmarks.md``).
+no longer count in this process's footprint. Measured for the default model: 196 MiB PSS loaded at a
+2048-token context, 54 MiB parked, and no growth over 100 park/resume cycles (``docs/benchmarks.md``).
 
 Only possible when the weights are a file mapping (``--usemmap`` without ``--usemlock``): weights read
 into anonymous memory are the only copy, so such instances are stopped, never parked.
