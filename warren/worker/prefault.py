@@ -18,6 +18,11 @@ Two glibc settings make the block reusable, and are put back afterwards:
 - A large ``M_TRIM_THRESHOLD`` while loading, so ``free`` does not give the block back before the
   context takes it.
 
+"Put back" to glibc's default values: setting them also turns off glibc's self-tuning of the mmap
+threshold for the rest of the process. Traced with strace over a 100-token generation: one
+``mmap``/``munmap`` pair per request (the sampler's candidate array, 576 KiB) where there were none, and
+none per token; tokens/s unchanged in ``benchmarks/bench_generation.py``.
+
 Writing with ``memset`` beat ``madvise(MADV_POPULATE_WRITE)``: the latter holds the address-space
 lock for each range, and the model load, which grows the heap all along, waited on it (+14 ms).
 The writing thread only touches memory (no allocation, so no other arena is involved) and stops
