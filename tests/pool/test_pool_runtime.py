@@ -287,3 +287,15 @@ async def test_the_warm_spare_goes_when_reservations_leave_no_room_for_it(monkey
         await spare.exited.wait()
     finally:
         await pool.close()
+
+
+async def test_interleaved_requests_on_two_parkable_models_all_complete(make_pool) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    pool = await make_pool([parkable_entry("a", 600, 100), parkable_entry("b", 600, 100)], budget_mib=1000)
+    names = ["a", "b", "a", "a", "b", "b", "a", "b", "a", "b"]
+    texts = await asyncio.gather(*(generate(pool, n, 3) for n in names))
+    assert texts == [" t0 t1 t2"] * len(names)
+    await eventually(lambda: sorted(pool.describe(n)["state"] for n in "ab") == ["parked", "ready"])
+    assert pool.policy.reserved <= pool.policy.budget
+    assert all(pool.describe(n)["handle"] == f"{n}@1" for n in "ab")  # parked and resumed, never restarted

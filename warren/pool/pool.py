@@ -143,6 +143,7 @@ class Pool:
         self._spare_starting = False
         self._spare_bytes = 0
         self._ticker: asyncio.Task[None] | None = None
+        self._closing = False
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self, preload: bool = True) -> None:
@@ -162,6 +163,7 @@ class Pool:
 
     async def close(self) -> None:
         """Shut down: stop every worker (and the spare) and every pool task."""
+        self._closing = True
         if self._ticker is not None:
             self._ticker.cancel()
         for task in list(self._loads.values()) + list(self._tasks):
@@ -360,6 +362,9 @@ class Pool:
         self._spawn(self._measure_one(instance.name, instance.handle.pid, parked=True), f"measure-{instance.name}")
 
     def _park_failed(self, model: str, error: WarrenError) -> None:
+        resident = self.policy.residents.get(model)
+        if self._closing or resident is None or resident.phase is not Phase.PARKED:
+            return  # stopped meanwhile (its channel closed under the Park request): nothing to undo
         log.warning("could not park model=%s error=%s; unloading it", model, error.message)
         self.policy.unload(model, f"could not park: {error.message}", self.clock())
 
