@@ -159,5 +159,12 @@ def test_openai_client_on_the_same_catalog(srv: Server) -> None:
         assert r.model == name and r.choices[0].message.content
     chunks = list(oai.completions.create(model="beta", prompt="Once upon a time", max_tokens=5, stream=True))
     assert chunks[-1].choices[0].finish_reason == "length"
-    states = {i["name"]: i["state"] for i in srv.pool()["instances"]}
-    assert states == {"alpha": "unloaded", "beta": "ready"}
+    # One model loaded; alpha stopped (or parked, when the budget has room for its parked size), once its
+    # eviction has finished.
+    deadline = time.monotonic() + 10
+    while True:
+        states = {i["name"]: i["state"] for i in srv.pool()["instances"]}
+        if states["alpha"] in ("unloaded", "parked") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert states["beta"] == "ready" and states["alpha"] in ("unloaded", "parked"), states

@@ -201,6 +201,7 @@ async def test_a_swap_parks_the_evicted_model_and_resumes_it_in_the_same_worker(
     assert pool.policy.reserved <= pool.policy.budget
     assert await generate(pool, "a@1") == " t0 t1 t2 t3 t4"  # resumed: same worker, loaded a second time
     assert pool.instances["a"].handle is a and a.model_info["loads"] == 2 and a.model_info["parks"] == 1
+    assert sum(t.get_name().startswith("heartbeat") for t in a._tasks) == 1  # a resume adds no second one
     assert pool.describe("b")["state"] == "parked" and pool.status()["parked"] > 0
 
 

@@ -67,6 +67,7 @@ class WorkerHandle:
         self._stopping = False
         self._kill_reason = ""
         self._heartbeat = heartbeat
+        self._beating: asyncio.Task[None] | None = None
         self._load_timeout = load_timeout
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_timeout = heartbeat_timeout
@@ -117,8 +118,9 @@ class WorkerHandle:
         self.model_info = frame.model
         self.load_seconds = frame.load_seconds
         self.progress = 1.0
-        if self._heartbeat:
-            self._tasks.append(asyncio.create_task(self._beat(), name=f"heartbeat-{self.name}"))
+        if self._heartbeat and self._beating is None:  # once per worker: a resumed (parked) one beats already
+            self._beating = asyncio.create_task(self._beat(), name=f"heartbeat-{self.name}")
+            self._tasks.append(self._beating)
         return frame.model
 
     async def park(self) -> None:
