@@ -116,7 +116,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("memorybudget", ("--memory-budget", "--memorybudget"), K.STR, "",
            "Memory all loaded models may use: bytes (8G, 512M) or a share of RAM (60%). Default: 75% of "
            "the memory available at start-up."),
-    Option("maxmodels", ("--max-models", "--maxmodels"), K.INT, 0, "Most models loaded at once (0: no cap)."),
+    Option("maxmodels", ("--max-models", "--maxmodels"), K.INT, 0,
+           "Most models loaded at once (0: no cap); parked models do not count."),
     Option("keepalive", ("--keepalive",), K.STR, "5m",
            "Unload a model idle this long (seconds, or 30s/5m/1h; -1: never)."),
     Option("loadwait", ("--loadwait",), K.FLOAT, 60.0,
