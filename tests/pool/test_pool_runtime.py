@@ -15,6 +15,7 @@ from warren.params import GenerationParams
 from warren.pool import pool as pool_module
 from warren.pool.pool import Pool
 from warren.settings import ModelSettings, ServerSettings
+from warren.worker.handle import WorkerHandle
 
 MIB = 1 << 20
 
@@ -49,6 +50,17 @@ async def make_pool() -> AsyncIterator:  # type: ignore[type-arg]
     yield make
     for pool in pools:
         await pool.close()
+
+
+async def started_spare(pool: Pool) -> WorkerHandle:
+    """Start the pool (nothing preloaded) and wait for its warm spare (``SPARE_DELAY`` patched to 0)."""
+    await pool.start(preload=False)
+    pool._ensure_spare()
+    assert pool._spare_task is not None
+    await pool._spare_task
+    spare = pool._spare
+    assert spare is not None and spare.alive
+    return spare
 
 
 async def generate(pool: Pool, name: str, n: int = 5) -> str:
@@ -110,12 +122,7 @@ async def test_the_warm_spare_is_adopted_by_the_next_load(model_path: Path, monk
     catalog.refresh()
     pool = Pool(ServerSettings(), catalog, budget=4000 * MIB, warm_spare=True)
     try:
-        await pool.start(preload=False)
-        pool._ensure_spare()
-        assert pool._spare_task is not None
-        await pool._spare_task
-        spare = pool._spare
-        assert spare is not None and spare.alive
+        spare = await started_spare(pool)
         async with await pool.acquire("smol") as instance:
             assert instance.handle is spare  # the load paid only for the model
         assert pool._spare_task is not None
@@ -277,12 +284,7 @@ async def test_the_warm_spare_goes_when_reservations_leave_no_room_for_it(monkey
     monkeypatch.setattr(pool_module, "SPARE_DELAY", 0.0)
     pool = Pool(ServerSettings(), FixedCatalog([entry("big", "fake", 980)]), budget=1000 * MIB, warm_spare=True)
     try:
-        await pool.start(preload=False)
-        pool._ensure_spare()
-        assert pool._spare_task is not None
-        await pool._spare_task
-        spare = pool._spare
-        assert spare is not None and spare.alive  # 1000 MiB of room: an idle worker fits
+        spare = await started_spare(pool)  # 1000 MiB of room: an idle worker fits
         await generate(pool, "big")  # a fake engine does not adopt the spare, and 980 MiB leaves no room
         assert pool._spare is None
         await spare.exited.wait()
