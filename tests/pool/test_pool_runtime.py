@@ -302,3 +302,22 @@ async def test_interleaved_requests_on_two_parkable_models_all_complete(make_poo
     await eventually(lambda: sorted(pool.describe(n)["state"] for n in "ab") == ["parked", "ready"])
     assert pool.policy.reserved <= pool.policy.budget
     assert all(pool.describe(n)["handle"] == f"{n}@1" for n in "ab")  # parked and resumed, never restarted
+
+
+async def test_a_worker_killed_by_sigill_is_quarantined_at_once_with_its_cause(  # type: ignore[no-untyped-def]
+        make_pool, caplog: pytest.LogCaptureFixture) -> None:
+    """An engine that cannot run on this CPU dies of SIGILL at its first decode: the client, the log and
+    /api/pool name the cause, and the pool does not start it again (no crash loop)."""
+    cause = "killed by SIGILL: the llama.cpp build uses CPU instructions this machine cannot run; rebuild it " \
+            "with ./dev.sh rebuild-engine"
+    pool = await make_pool([entry("foreign", "illegal_instruction")])
+    with pytest.raises(WorkerCrashed) as crashed:
+        await generate(pool, "foreign")
+    assert crashed.value.message == f"the worker for model 'foreign' crashed: {cause}"
+    assert any(cause in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    status = pool.describe("foreign")
+    assert status["last_exit_kind"] == "unrunnable" and status["last_exit"] == crashed.value.message
+    assert status["state"] == "crashed" and status["quarantined"] == crashed.value.message
+    with pytest.raises(Quarantined, match="rebuild it with ./dev.sh rebuild-engine"):
+        await generate(pool, "foreign")
+    assert pool.instances["foreign"].generation == 1 and pool.instances["foreign"].crashes == 1

@@ -58,6 +58,29 @@ def test_check_prints_the_plan(model_path: Path) -> None:
     for words in ("active model SmolLM2-135M-Instruct.Q4_1", "context 2048", "weights", "KV", "compute",
                   "worker", "total", "parked", "memory budget", "fit together in the budget: SmolLM2-135M-Instruct.Q4_1"):
         assert words in result.stdout
+    # The engine is proven, not assumed: version, what the build uses, GPU offload, and a probe decode.
+    assert "engine: llama-cpp-python 0.3.36" in result.stdout
+    assert "CPU features used: " in result.stdout and "AVX2" in result.stdout
+    assert "GPU offload: no (CPU only)" in result.stdout
+    assert "probe: ok, decoded 8 tokens of SmolLM2-135M-Instruct.Q4_1.gguf" in result.stdout
+
+
+def test_check_fails_when_the_engine_cannot_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+                                                ) -> None:
+    from warren import engine_check
+    from warren.cli import main as cli_main
+
+    real = engine_check.probe_engine
+    monkeypatch.setattr(engine_check, "probe_engine",
+                        lambda model=None: real("tests.fakes.fake_engine:illegal_instruction", model, locate=False))
+    with pytest.raises(SystemExit) as ended:
+        cli_main.main(["--check", "--port", str(free_port())])
+    assert ended.value.code == 2
+    out, err = capsys.readouterr()
+    assert "probe: FAILED: the engine probe was killed by SIGILL while decoding" in out
+    assert "error: the engine probe was killed by SIGILL while decoding: the llama.cpp build uses CPU instructions " \
+           "this machine cannot run" in err
+    assert "hint: rebuild the engine for this machine: ./dev.sh rebuild-engine" in err
 
 
 def test_check_with_no_model_uses_the_embedded_default() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from warren import __version__
 from warren.catalog import Catalog
 from warren.cli.parser import build_parser
-from warren.cli.report import print_analysis, print_plan
+from warren.cli.report import print_analysis, print_engine, print_plan
 from warren.default_model import default_model_path
 from warren.errors import ConfigError
 from warren.kcpps import export_kcpps, read_kcpps
@@ -120,6 +120,7 @@ def run(argv: list[str] | None) -> int:
     catalog = build_catalog(plan, opts)
     if own.get("check"):
         print_plan(plan, catalog)
+        check_engine(plan)
         return 0
     serve(plan, catalog)
     return 0
@@ -146,6 +147,18 @@ def build_catalog(plan: Plan, opts: dict[str, Any]) -> Catalog:
                           f"more than the memory budget of {plan.server.memory_budget // 2**20} MiB",
                           hint="raise --memory-budget or pin fewer models")
     return catalog
+
+
+def check_engine(plan: Plan) -> None:
+    """``--check`` proves the engine too: a probe loads a model in a subprocess and decodes a few tokens (the
+    embedded default model when it is installed, else the active model). A build that cannot run here is
+    an error, not an "ok" followed by a crash on every request."""
+    from warren.engine_check import probe_engine
+
+    report = probe_engine(model=default_model_path() or (plan.model.path if plan.model else None))
+    print_engine(report)
+    if not report.ok:
+        raise ConfigError(report.error, hint=report.hint)
 
 
 def serve(plan: Plan, catalog: Catalog) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import psutil
 
 from warren.catalog import Catalog
+from warren.engine_check import EngineReport
 from warren.gguf.estimate import MIB, MemoryEstimate, estimate_memory
 from warren.gguf.reader import GGUFInfo, SkippedArray, read_gguf
 from warren.validation import Plan
@@ -82,3 +83,15 @@ def print_plan(plan: Plan, catalog: Catalog) -> None:
     print(f"pinned: {', '.join(pinned) or 'none'}")
     print(f"fit together in the budget: {', '.join(fits) or 'none'} ({_mib(used)}); others load by evicting idle ones"
           + ("" if not s.park else ", which are parked while their parked size still fits (--no-park: stopped)"))
+
+
+def print_engine(report: EngineReport) -> None:
+    b = report.build
+    print(f"engine: llama-cpp-python {b.get('version', '?')}"
+          + (f", built {report.built_with.get('note')} on {report.built_with.get('built')}" if report.built_with else ""))
+    print(f"  CPU features used: {' '.join(report.features) or 'unknown'}")
+    print(f"  GPU offload: {'yes' if b.get('gpu_offload') else 'no (CPU only)'}")
+    if report.ok:
+        print(f"  probe: ok, decoded {report.decoded} tokens of {report.model} in {report.seconds:.2f} s")
+    else:
+        print(f"  probe: FAILED: {report.error}")

@@ -79,7 +79,7 @@ class ModelInstance:
         self.state = InstanceState.UNLOADED
         self.restarts = 0
         self.last_exit = ""
-        self.last_exit_kind: str | None = None  # requested | load_failed | crashed | oom_suspected | hung
+        self.last_exit_kind: str | None = None  # requested | load_failed | crashed | oom_suspected | hung | unrunnable
         self.last_error = ""
         self.last_used = 0.0
         self.perf = Perf()
@@ -202,6 +202,8 @@ class ModelInstance:
             self.state = InstanceState.CRASHED if isinstance(exc, WorkerCrashed) else InstanceState.LOAD_FAILED
             self.last_error = exc.message
             self.last_exit_kind = (handle.exit_kind or "crashed") if isinstance(exc, WorkerCrashed) else "load_failed"
+            if isinstance(exc, WorkerCrashed):
+                self.last_exit = exc.message
             await handle.stop()
             raise
         self.state = InstanceState.READY

@@ -333,7 +333,7 @@ class Pool:
                 await instance.load(spare, prefault_bytes=entry.estimate.kv_cache if entry.estimate else 0,
                                     prefault_after=replaced)
         except WarrenError as exc:
-            if isinstance(exc, WorkerLoadFailed):
+            if isinstance(exc, WorkerLoadFailed) or instance.last_exit_kind == "unrunnable":
                 self._quarantine[model] = (entry.fingerprint, exc.message)
             self.policy.load_finished(model, ok=False, measured=0, load_seconds=0.0, now=self.clock())
             self._publish(instance, "load_failed", error=exc.message)
@@ -387,8 +387,10 @@ class Pool:
         now = self.clock()
         times = [t for t in self._crash_times.get(instance.name, []) if now - t < CRASH_WINDOW] + [now]
         self._crash_times[instance.name] = times
-        if len(times) >= CRASH_LOOP_LIMIT:
-            entry = self.catalog.entries.get(instance.name)
+        entry = self.catalog.entries.get(instance.name)
+        if instance.last_exit_kind == "unrunnable":  # the engine cannot run here: restarting cannot help
+            self._quarantine[instance.name] = (entry.fingerprint if entry else (), error.message)
+        elif len(times) >= CRASH_LOOP_LIMIT:
             self._quarantine[instance.name] = (entry.fingerprint if entry else (),
                                                f"it crashed {len(times)} times in {CRASH_WINDOW:.0f} s "
                                                f"(last: {error.message})")

@@ -89,6 +89,13 @@ class LlamaEngine:
         self.piece_buf = ctypes.create_string_buffer(256)
         self.one_token = (L.llama_token * 1)()
 
+    @staticmethod
+    def build_info() -> dict[str, Any]:
+        """What the engine was built with: version, the CPU features llama.cpp reports, GPU offload."""
+        info = (L.llama_print_system_info() or b"").decode("utf-8", "replace")
+        return {"version": L.__version__, "system_info": info.strip(),
+                "gpu_offload": bool(L.llama_supports_gpu_offload())}
+
     # -- load ---------------------------------------------------------------------------------------
     def load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Prefault | None = None
              ) -> dict[str, Any]:

@@ -30,7 +30,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from warren.errors import WarrenError, WorkerClosed, WorkerCrashed, WorkerLoadFailed, describe_exit
+from warren.errors import (
+    WarrenError,
+    WorkerClosed,
+    WorkerCrashed,
+    WorkerLoadFailed,
+    describe_exit,
+    unrunnable_cause,
+)
 from warren.params import GenerationParams
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
@@ -73,7 +80,7 @@ class WorkerHandle:
         self._heartbeat_timeout = heartbeat_timeout
         self.exit_error: WarrenError | None = None
         self.on_progress: Callable[[], None] | None = None
-        self.exit_kind = ""  # requested | crashed | oom_suspected | hung, once the process has ended
+        self.exit_kind = ""  # requested | crashed | oom_suspected | hung | unrunnable, once the process has ended
         self.exited = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -333,6 +340,9 @@ class WorkerHandle:
             how = reason or self._kill_reason or describe_exit(returncode)
             if reason or self._kill_reason:
                 self.exit_kind = "hung" if self._kill_reason else "crashed"
+            elif cause := unrunnable_cause(returncode):
+                self.exit_kind = "unrunnable"  # no request provokes SIGILL/SIGBUS: the engine cannot run here
+                how += f": {cause}"
             elif returncode == -signal.SIGKILL:
                 self.exit_kind = "oom_suspected"  # nobody here sent it: the kernel's OOM killer is the usual sender
                 how += " (not sent by warren: out of memory?)"
