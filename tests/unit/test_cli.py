@@ -160,3 +160,11 @@ def test_the_default_model_over_the_budget_of_a_models_dir_points_at_nomodel(tmp
     r = warren("--check", "--models-dir", str(tmp_path), "--memory-budget", "100M", "--port", str(free_port()))
     assert_clean_error(r, "more than the memory budget of 100 MiB")
     assert "--nomodel" in r.stderr
+
+
+def test_help_prints_the_flags() -> None:
+    result = warren("--help")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--memory-budget" in result.stdout and "75% of" in result.stdout
+    assert "--contextsize" in result.stdout

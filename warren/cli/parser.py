@@ -32,6 +32,8 @@ def _add(parser: argparse.ArgumentParser, option: Option) -> None:
         kw["help"] = f"Accepted for KoboldCpp compatibility; no effect: {option.reason}."
     else:
         kw["help"] = option.help
+    if kw["help"] is not argparse.SUPPRESS:
+        kw["help"] = kw["help"].replace("%", "%%")  # argparse %-formats help: "75% of RAM" must not crash --help
     kind = option.kind
     if kind is Kind.FLAG:
         kw["action"] = "store_true"
