@@ -313,7 +313,7 @@ class Catalog:
     @staticmethod
     def inside(folder: Path, filename: str) -> Path | None:
         """``folder/filename`` if it is a model file directly inside ``folder`` after resolving links."""
-        if not filename or "/" in filename or "\\" in filename or filename in (".", ".."):
+        if not filename or "/" in filename or "\\" in filename or "\0" in filename or filename in (".", ".."):
             return None
         if not filename.lower().endswith(MODEL_FILE_SUFFIXES):
             return None

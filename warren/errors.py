@@ -8,17 +8,22 @@ the tree once, at its boundary (``warren/api/errors.py``), to its own error body
 
     WarrenError                      status  meaning
     ├── InvalidRequest                 400   a request field is wrong (range, type, grammar …)
-    │   └── PromptTooLong              400   the prompt does not fit the context window
+    │   ├── PromptTooLong              400   the prompt does not fit the context window
+    │   ├── RequestTimeout             408   the client sent its body too slowly
+    │   └── BodyTooLarge               413   the body is over the request-size limit
     ├── Unauthorized                   401   missing or wrong Bearer key
+    ├── Forbidden                      403   the key does not allow it, or a browser's cross-site request
     ├── NotFound                       404   unknown route or resource
     │   ├── ModelNotFound              404   no catalog entry with that name
     │   └── MethodNotAllowed           405   the route exists, not with this method
     ├── HandleGone                     410   the instance a handle named was unloaded
+    ├── ClientGone                     499   the client disconnected; its work was cancelled (nobody reads this)
     ├── Busy                           503   the model's queue is full, or no room came free in time
+    │   └── ServerStopping             503   the server is shutting down (SIGTERM)
     ├── DoesNotFit                     507   the model alone needs more than the memory budget
     ├── Quarantined                    503   the model failed to load or crash-looped; fix it first
-    ├── ConfigError                     —    a flag, config file or model file breaks a rule
-    │   └── ModelFileError              —    the GGUF file itself is missing, unreadable or malformed
+    ├── ConfigError                    400   a flag, config file or model file breaks a rule (CLI: exit 2)
+    │   └── ModelFileError             400   the GGUF file itself is missing, unreadable or malformed
     └── WorkerError                    503   the worker process could not serve
         ├── WorkerClosed               503   we stopped it (unload, swap, shutdown): retry is fine
         ├── WorkerCrashed              502   it died under us (signal or exit code)
@@ -78,9 +83,24 @@ class PromptTooLong(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class RequestTimeout(InvalidRequest):
+    http_status = 408
+    code = "request_timeout"
+
+
+class BodyTooLarge(InvalidRequest):
+    http_status = 413
+    code = "payload_too_large"
+
+
 class Unauthorized(WarrenError):
     http_status = 401
     code = "unauthorized"
+
+
+class Forbidden(WarrenError):
+    http_status = 403
+    code = "forbidden"
 
 
 class NotFound(WarrenError):
@@ -115,6 +135,23 @@ class Busy(WarrenError):
     @property
     def retry_after(self) -> int:
         return int(self.details.get("retry_after", 1))
+
+
+class ServerStopping(Busy):
+    """The server is shutting down: queued requests end at once, running ones when the grace runs out."""
+
+    code = "shutting_down"
+
+    def __init__(self, message: str = "the server is shutting down", **details: Any) -> None:
+        super().__init__(message, retry_after=5, **details)
+
+
+class ClientGone(WarrenError):
+    """The client disconnected before its answer was ready; its work was cancelled. The status is nginx's
+    "client closed request": nobody is left to read it, and it is not a server error."""
+
+    http_status = 499
+    code = "client_gone"
 
 
 class DoesNotFit(WarrenError):

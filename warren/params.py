@@ -11,12 +11,20 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from warren.errors import InvalidRequest
+
 
 class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-sequence token
     STOP_SEQUENCE = "stop_sequence"  # one of the request's stop strings
     LENGTH = "length"  # max tokens or context full
     ABORT = "abort"  # cancelled (KoboldCpp abort, client gone)
+
+
+# Bounds on what a request may ask of a worker, whatever its dialect (each dialect's schema may be tighter).
+STOP_MAX_COUNT = 256  # KoboldCpp's own cap on stop_sequence
+STOP_MAX_CHARS = 16384  # all stop strings together: the stop matcher's automaton is built per request
+TOKEN_ID_LIMIT = 2**31  # token ids are int32 in llama.cpp; larger keys cannot even cross to the worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +54,20 @@ class GenerationParams:
     add_bos: bool = True  # prepend BOS when the model's tokenizer asks for it
     context_limit: int = 0  # 0: the model's context; KoboldCpp's max_context_length can lower it
     truncate_prompt: bool = False  # KoboldCpp drops the oldest prompt tokens; OpenAI refuses instead
+
+    def check(self) -> None:
+        """The bounds every dialect shares; ``InvalidRequest`` (a 400 in the dialect's shape) names the field.
+        Stop strings: matching costs a few steps per character whatever their number (``worker/stops.py``),
+        and building the matcher is linear in their total length, ~25 ms at ``STOP_MAX_CHARS``."""
+        if len(self.stop) > STOP_MAX_COUNT:
+            raise InvalidRequest(f"{len(self.stop)} stop strings: at most {STOP_MAX_COUNT}", param="stop")
+        total = sum(len(s) for s in self.stop)
+        if total > STOP_MAX_CHARS:
+            raise InvalidRequest(f"the stop strings hold {total} characters together: at most {STOP_MAX_CHARS}",
+                                 param="stop")
+        bad = next((t for t in self.logit_bias if not 0 <= t < TOKEN_ID_LIMIT), None)
+        if bad is not None:
+            raise InvalidRequest(f"logit_bias key {bad} is not a token id", param="logit_bias")
 
     def as_wire(self) -> dict[str, Any]:
         data = asdict(self)

@@ -53,3 +53,9 @@ def test_garbage_is_a_protocol_error(payload: bytes) -> None:
 def test_oversized_length_is_refused() -> None:
     with pytest.raises(p.ProtocolError):
         p.frame_length((p.MAX_FRAME + 1).to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize("params", [{"prompt": "x", "stop": ["\ud800"]}, {"prompt": "x", "logit_bias": {10**20: 1.0}}])
+def test_what_msgpack_cannot_carry_is_unencodable_not_a_broken_channel(params: dict) -> None:
+    with pytest.raises(p.Unencodable):
+        p.encode(p.Generate(id=1, params=params))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hypothesis
+from hypothesis import strategies as st
+
 from warren.worker.stops import StopMatcher
 
 
@@ -41,3 +44,56 @@ def test_earliest_stop_wins() -> None:
     m = StopMatcher(["c", "ab"])
     m.feed("xabc")
     assert m.text == "x"
+
+
+class ReferenceMatcher:
+    """The obvious implementation (the one warren had before the automaton): every stop string searched
+    for in the window each piece, and the held-back suffix found by trying every length."""
+
+    def __init__(self, stops: list[str], trim: bool = True) -> None:
+        self.stops = [s for s in stops if s]
+        self.trim, self.out, self.shown, self.stopped = trim, "", 0, False
+        self.longest = max((len(s) for s in self.stops), default=0)
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        start = max(0, len(self.out) - self.longest + 1)
+        self.out += piece
+        hits = [(i + start, s) for s in self.stops if (i := self.out[start:].find(s)) >= 0]
+        if hits:
+            cut, stop = min(hits)
+            self.out = self.out[:cut] if self.trim else self.out[: cut + len(stop)]
+            self.stopped = True
+            return self._release(len(self.out))
+        held = next((n for n in range(min(len(self.out), self.longest - 1), 0, -1)
+                     if any(s.startswith(self.out[-n:]) for s in self.stops)), 0)
+        return self._release(len(self.out) - held)
+
+    def _release(self, upto: int) -> str:
+        text = self.out[self.shown:upto] if upto > self.shown else ""
+        self.shown = max(self.shown, upto)
+        return text
+
+
+@hypothesis.settings(max_examples=400, deadline=None, derandomize=True)
+@hypothesis.given(stops=st.lists(st.text("abc<>/", min_size=1, max_size=6), max_size=5),
+                  pieces=st.lists(st.text("abc<>/ ", max_size=5), max_size=20), trim=st.booleans())
+def test_the_automaton_releases_and_stops_as_the_reference_does(stops: list[str], pieces: list[str],
+                                                               trim: bool) -> None:
+    fast, slow = StopMatcher(stops, trim), ReferenceMatcher(stops, trim)
+    for piece in pieces:
+        assert fast.feed(piece) == slow.feed(piece)
+        assert fast.stopped == slow.stopped
+    assert fast.text == slow.out
+
+
+def test_many_long_stop_strings_with_a_shared_prefix() -> None:
+    """256 stop strings of 64 characters sharing a 63-character prefix with the output: the run of "a" is held
+    back while it may still become one of them, released when it cannot, and the right one stops it."""
+    stops = ["a" * 63 + chr(0x4E00 + i) for i in range(256)]
+    m = StopMatcher(stops)
+    assert "".join(m.feed("aaaa") for _ in range(100)) == "a" * (400 - 63)
+    assert m.feed("b") == "a" * 63 + "b"
+    assert m.feed("a" * 63) == "" and m.feed(chr(0x4E00 + 7) + "tail") == "" and m.stopped
+    assert m.text == "a" * 400 + "b"

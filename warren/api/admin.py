@@ -28,18 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from warren.api import sse
 from warren.api.deps import bearer_ok, get_pool
 from warren.catalog import Catalog
-from warren.errors import ConfigError, InvalidRequest, Unauthorized, WarrenError
+from warren.errors import ConfigError, Forbidden, InvalidRequest, Unauthorized, WarrenError
 from warren.pool.pool import Pool
 from warren.units import parse_duration
 
 router = APIRouter()
 
 EVENTS_KEEPALIVE = 15.0  # seconds between SSE comments, so proxies keep an idle events stream open
-
-
-class Forbidden(WarrenError):
-    http_status = 403
-    code = "forbidden"
 
 
 def is_loopback(host: str) -> bool:

@@ -25,6 +25,7 @@ from warren.api.limits import BodyLimit, JsonBodies
 from warren.api.metrics import router as metrics_router
 from warren.api.ollama.routes import router as ollama_router
 from warren.api.openai.routes import router as openai_router
+from warren.api.serving import Serving
 from warren.pool.pool import Pool
 
 status_router = APIRouter()
@@ -60,6 +61,7 @@ def create_app(pool: Pool, *, preload: bool = True) -> FastAPI:
     app = FastAPI(title="warren", version=__version__, lifespan=lifespan,
                   description="A local LLM server for GGUF models: KoboldCpp, OpenAI and Ollama dialects.")
     app.state.pool = pool
+    app.state.serving = Serving(pool)
     install_error_handlers(app)
     for router in (kobold_router, openai_router, ollama_router):
         app.include_router(router)

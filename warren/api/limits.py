@@ -12,12 +12,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from warren.api.errors import dialect_of, error_body
-from warren.errors import InvalidRequest
-
-
-class BodyTooLarge(InvalidRequest):
-    http_status = 413
-    code = "payload_too_large"
+from warren.errors import BodyTooLarge, InvalidRequest
 
 
 class BodyLimit:

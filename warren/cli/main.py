@@ -162,9 +162,9 @@ def check_engine(plan: Plan) -> None:
 
 
 def serve(plan: Plan, catalog: Catalog) -> None:
-    import uvicorn  # imported here so --check, --analyze and errors stay fast
-
+    # imported here so --check, --analyze and errors stay fast
     from warren.api.app import create_app
+    from warren.api.server import WarrenServer
     from warren.logsetup import setup_logging
     from warren.pool.pool import Pool
 
@@ -177,10 +177,8 @@ def serve(plan: Plan, catalog: Catalog) -> None:
     shown = f"[{host}]" if ":" in host else host
     _say("note", f"warren {__version__} serving {plan.model.name if plan.model else 'no model'} on "
          f"http://{shown}:{plan.server.port} (KoboldCpp /api, OpenAI /v1)")
-    config = uvicorn.Config(app, host=host, port=plan.server.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=10)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal under the handler that was
     # there before it. Make that one a no-op, so a requested stop ends with status 0 after the workers
     # are stopped, instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.Server(config).run()
+    WarrenServer(app, host, plan.server.port).run()

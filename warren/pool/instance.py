@@ -8,7 +8,8 @@ The instance is what every dialect talks to. It hides the worker's life from the
 - **One generation at a time**, KoboldCpp ``--multiuser`` semantics: up to ``queue_limit`` requests
   wait behind the running one, more get ``Busy`` (503).
 - **genkey**: KoboldCpp clients poll partial text (``/api/extra/generate/check``) and abort their own
-  generation by key; an abort for a queued key is remembered and that request returns empty text.
+  generation by key; an abort for a queued key is remembered and that request returns empty text. A
+  request without a key is seen and aborted by nobody.
 
 Admission, eviction and keep-alive are the pool's (``warren/pool/policy.py``); this class only runs
 one model's worker and its requests.
@@ -266,9 +267,10 @@ class ModelInstance:
             self._slot.release()
 
     # -- generation ---------------------------------------------------------------------------------
-    async def generate(self, params: GenerationParams, *, stream: bool, genkey: str = ""
-                       ) -> AsyncIterator[str | GenerationResult]:
-        """Yield text pieces (when ``stream``) and finally the ``GenerationResult``."""
+    async def generate(self, params: GenerationParams, *, stream: bool, genkey: str = "",
+                       abort: asyncio.Event | None = None) -> AsyncIterator[str | GenerationResult]:
+        """Yield text pieces (when ``stream``) and finally the ``GenerationResult``. ``abort`` set ends the
+        generation early (finish reason ``abort``), as KoboldCpp's abort by genkey does."""
         async with self._turn():
             if genkey and genkey == self._pending_abort_key:
                 self._pending_abort_key = ""
@@ -277,7 +279,7 @@ class ModelInstance:
             handle = self.require_ready()
             self._running_key = genkey
             self._partial = []
-            self._abort_current = abort = asyncio.Event()
+            self._abort_current = abort = abort or asyncio.Event()
             self.last_used = time.monotonic()
             try:
                 async for item in self._run(handle, params, stream, abort):
@@ -296,7 +298,8 @@ class ModelInstance:
         try:
             async for frame in frames:
                 if isinstance(frame, p.Token):
-                    self._partial.append(frame.text)
+                    if self._running_key:  # kept only for its owner's generate/check
+                        self._partial.append(frame.text)
                     if stream:
                         yield frame.text
                 else:
@@ -321,25 +324,23 @@ class ModelInstance:
 
     # -- genkey: polling and abort ------------------------------------------------------------------
     def partial_text(self, genkey: str = "") -> str:
-        """KoboldCpp generate/check: the running text, shown only to its owner (or to anyone when no
-        key is in use and nobody waits: "avoid leaking prompts in multiuser")."""
-        if self._running_key is None:
-            return ""
+        """KoboldCpp generate/check: the running text, shown only to its owner — the request that carried
+        this genkey. A request without one (every OpenAI and Ollama request) is visible to nobody, where
+        KoboldCpp shows it to anyone while nobody else waits: here users do not read each other's work."""
         if genkey and genkey == self._running_key:
-            return "".join(self._partial)
-        if not genkey and not self._running_key and self._waiting == 0:
             return "".join(self._partial)
         return ""
 
     def abort(self, genkey: str = "") -> tuple[bool, bool]:
-        """KoboldCpp abort: (success, done). Aborts the running generation when the key matches (or no
-        key is used and nobody waits); remembers a key that is still queued."""
-        running = self._running_key is not None and self._abort_current is not None
-        if running and ((not genkey and self._waiting == 0) or genkey == self._running_key):
-            assert self._abort_current is not None
+        """KoboldCpp abort: (success, done). Aborts the running generation only for its own genkey, and
+        remembers a key that is still queued (KoboldCpp's pending abort). Without a key nothing is aborted:
+        one user cannot cut another's generation short."""
+        if not genkey:
+            return False, False
+        if self._running_key == genkey and self._abort_current is not None:
             self._abort_current.set()
             return True, True
-        if genkey and (running or self._waiting):
+        if self._running_key is not None or self._waiting:
             self._pending_abort_key = genkey
             return True, False
         return False, False

@@ -49,7 +49,8 @@ class Resident:
     in_flight: int = 0  # granted requests not yet released (running or queued in the instance)
     last_used: float = 0.0
     pinned: bool = False
-    keep_alive: float | None = None  # seconds idle before unloading; None = the default; < 0 = never
+    keep_alive: float | None = None  # the operator's: seconds idle before unloading; None = the default; < 0 = never
+    client_keep_alive: float | None = None  # a generation request's (Ollama keep_alive): may only shorten it
     reload_seconds: float = 0.0
     priority: int = 0  # lower is evicted first
     unload_reason: str = ""  # set: unload as soon as no request is in flight
@@ -120,6 +121,18 @@ class PoolPolicy:
         if not self._admit(ticket, model, need, now, park_need):
             self.waiting.append(Waiter(ticket, model, need, now + self.wait_seconds, park_need))
 
+    def withdraw(self, ticket: int, now: float) -> None:
+        """A waiting request gave up (its client left, or the server is stopping): forget it, so nothing is
+        evicted or loaded for it."""
+        for w in [w for w in self.waiting if w.ticket == ticket]:
+            self.waiting.remove(w)
+        self._settle(now)
+
+    def reject_waiting(self, error: WarrenError) -> None:
+        """Every waiting request is refused with ``error`` (shutdown)."""
+        while self.waiting:
+            self.effects.reject(self.waiting.popleft().ticket, error)
+
     def released(self, model: str, now: float) -> None:
         """A granted request finished (successfully or not)."""
         r = self.residents.get(model)
@@ -155,7 +168,10 @@ class PoolPolicy:
         self._settle(now)
 
     def configure(self, model: str, *, pinned: bool | None = None, keep_alive: float | None = None,
-                  clear_keep_alive: bool = False, priority: int | None = None) -> None:
+                  clear_keep_alive: bool = False, priority: int | None = None,
+                  client_keep_alive: float | None = None) -> None:
+        """The operator's settings (pin, keep-alive, priority), or a client's keep-alive: a client's value
+        only ever shortens the operator's (``keep_alive_of``), and a pinned instance ignores it."""
         r = self.residents.get(model)
         if r is None:
             return
@@ -165,8 +181,20 @@ class PoolPolicy:
             r.priority = priority
         if clear_keep_alive:
             r.keep_alive = None
+            r.client_keep_alive = None
         elif keep_alive is not None:
             r.keep_alive = keep_alive
+            r.client_keep_alive = None  # the operator's word is the last one
+        if client_keep_alive is not None:
+            r.client_keep_alive = client_keep_alive if client_keep_alive >= 0 else None
+
+    def keep_alive_of(self, r: Resident) -> float:
+        """Seconds ``r`` may stay idle (< 0: for ever): the operator's value (or the default), shortened by
+        a client's; a pinned instance is never shortened."""
+        keep = r.keep_alive if r.keep_alive is not None else self.keep_alive
+        if r.client_keep_alive is not None and not r.pinned:
+            keep = r.client_keep_alive if keep < 0 else min(keep, r.client_keep_alive)
+        return keep
 
     def unload(self, model: str, reason: str, now: float) -> bool:
         """Unload now if idle, else as soon as its requests finish. False if it is not resident."""
@@ -247,7 +275,7 @@ class PoolPolicy:
                 r.phase = Phase.STOPPING
                 self.effects.stop(r.name, r.unload_reason)
                 continue
-            keep = r.keep_alive if r.keep_alive is not None else self.keep_alive
+            keep = self.keep_alive_of(r)
             if not r.pinned and keep >= 0 and now - r.last_used >= keep:
                 r.phase = Phase.STOPPING
                 self.effects.stop(r.name, "keep-alive expired")

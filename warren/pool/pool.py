@@ -25,9 +25,11 @@ import psutil
 
 from warren.catalog import Catalog, CatalogEntry
 from warren.errors import (
+    Forbidden,
     HandleGone,
     ModelNotFound,
     Quarantined,
+    ServerStopping,
     WarrenError,
     WorkerLoadFailed,
 )
@@ -161,6 +163,11 @@ class Pool:
                 log.error("model failed to load at start-up model=%s error=%s", name, exc.message)
         self._ensure_spare()
 
+    def begin_shutdown(self) -> None:
+        """SIGTERM: requests waiting for room are refused now, and new ones from here on."""
+        self._closing = True
+        self.policy.reject_waiting(ServerStopping())
+
     async def close(self) -> None:
         """Shut down: stop every worker (and the spare) and every pool task."""
         self._closing = True
@@ -209,6 +216,8 @@ class Pool:
     async def acquire(self, name: str | None) -> Lease:
         """Admit one request on ``name`` (a model, ``koboldcpp/<model>``, a handle ``model@N``, or None for
         the active model). May load the model, evict idle ones, or wait for room."""
+        if self._closing:
+            raise ServerStopping()
         base, generation = split_handle(self._name_or_active(name))
         entry = self.catalog.get(base)
         if generation is not None:
@@ -221,6 +230,14 @@ class Pool:
         self.policy.request(ticket, base, self._need(entry), self.clock(), park_need=self._park_need(entry))
         try:
             await future
+        except BaseException:
+            # Given up while waiting (client gone, shutdown): the policy forgets the waiter, so nothing is
+            # evicted or loaded for it; a grant that landed in the same instant is handed straight back.
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.policy.released(base, self.clock())
+            else:
+                self.policy.withdraw(ticket, self.clock())
+            raise
         finally:
             self._tickets.pop(ticket, None)
         return Lease(self, instance)
@@ -473,6 +490,31 @@ class Pool:
             self._check_handle(base, generation)
         return self.policy.unload(base, reason, self.clock())
 
+    def protected(self, name: str) -> bool:
+        """Set by the operator to stay: pinned (catalog or pool API) or the active model."""
+        base, _ = split_handle(name)
+        r = self.policy.residents.get(base)
+        entry = self.catalog.entries.get(base)
+        return base == self.active_name or bool(r and r.pinned) or bool(entry and entry.pinned)
+
+    def client_keep_alive(self, name: str, seconds: float) -> None:
+        """A generation request's keep-alive (Ollama's ``keep_alive``): it may shorten how long the model
+        stays idle, within what the operator set; a pinned or active model ignores it."""
+        if self.protected(name):
+            log.debug("keep_alive from a request ignored: model=%s is pinned or active", name)
+            return
+        self.policy.configure(split_handle(name)[0], client_keep_alive=seconds)
+
+    def unload_for_client(self, name: str, reason: str) -> bool:
+        """A generation request asks to unload (Ollama ``keep_alive: 0`` with no prompt): refused for what the
+        operator keeps — a pinned or the active model — which only the admin API unloads."""
+        if self.protected(name):
+            base, _ = split_handle(name)
+            raise Forbidden(f"model {base!r} is {'the active model' if base == self.active_name else 'pinned'}: a "
+                            "generation request cannot unload it",
+                            hint=f"the operator can: POST /api/models/{base}/unload with the admin key")
+        return self.unload(name, reason)
+
     async def activate(self, name: str) -> ModelInstance:
         """Hot swap: make ``name`` the active model. New requests wait for it; if it fails to load, the
         previous active model stays active (and loaded, unless the budget needed its room)."""
@@ -587,7 +629,7 @@ class Pool:
         now = self.clock()
         keep = None
         if resident is not None:
-            keep = resident.keep_alive if resident.keep_alive is not None else self.policy.keep_alive
+            keep = self.policy.keep_alive_of(resident)
         status.update({
             "active": name == self.active_name,
             "memory": {"estimate": entry.estimate.as_dict() if entry and entry.estimate else None,

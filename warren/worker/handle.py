@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from warren.errors import (
+    InvalidRequest,
     WarrenError,
     WorkerClosed,
     WorkerCrashed,
@@ -279,7 +280,12 @@ class WorkerHandle:
         if self._writer is None or self.exit_error is not None:
             raise self.exit_error or WorkerClosed(f"the worker for model {self.name!r} is not running")
         try:
-            self._writer.write(p.encode(frame))
+            data = p.encode(frame)
+        except p.Unencodable as exc:
+            raise InvalidRequest(f"the request cannot be passed to the worker: {exc}",
+                                 hint="text must be valid Unicode (no lone surrogates), numbers in range") from None
+        try:
+            self._writer.write(data)
             await self._writer.drain()
         except (ConnectionError, OSError):
             await self.exited.wait()

@@ -36,6 +36,11 @@ class ProtocolError(Exception):
     """The peer sent something that is not a valid frame: the channel is broken."""
 
 
+class Unencodable(ValueError):
+    """A frame we were about to send holds what msgpack cannot carry (a lone UTF-16 surrogate in a string,
+    an integer beyond 64 bits) or is over ``MAX_FRAME``: the request is at fault, not the channel."""
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     type_name: ClassVar[str] = ""
@@ -148,9 +153,12 @@ def encode(frame: Frame) -> bytes:
     body = {f.name: getattr(frame, f.name) for f in fields(frame)}
     body["v"] = VERSION
     body["t"] = frame.type_name
-    payload = msgpack.packb(body, use_bin_type=True)
+    try:
+        payload = msgpack.packb(body, use_bin_type=True)
+    except (OverflowError, UnicodeEncodeError, TypeError, ValueError) as exc:
+        raise Unencodable(str(exc)) from None
     if len(payload) > MAX_FRAME:
-        raise ProtocolError(f"frame {frame.type_name} is {len(payload)} bytes, over the {MAX_FRAME} limit")
+        raise Unencodable(f"frame {frame.type_name} is {len(payload)} bytes, over the {MAX_FRAME} limit")
     return HEADER.pack(len(payload)) + payload
 
 

@@ -13,12 +13,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from warren import __version__
-from warren.api import sse
+from warren.api import serving, sse
 from warren.api.deps import bearer_ok, get_instance, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.kobold.schemas import DetokenizeRequest, GenerateRequest, GenKeyRequest, TokenizeRequest
 from warren.api.kobold.translate import finish_reason, to_params
-from warren.api.streaming import Item, start_generation, stream_events
+from warren.api.serving import Item
 from warren.errors import WarrenError
 from warren.params import GenerationResult
 from warren.pool.instance import ModelInstance
@@ -126,23 +126,19 @@ def _result_body(r: GenerationResult) -> dict[str, Any]:
 
 @_post(_both("/generate"), dependencies=protected)
 async def generate(body: GenerateRequest, request: Request) -> dict[str, Any]:
-    pool = get_pool(request)
-    async with await pool.acquire(model_from_path(request)) as instance:
-        params = to_params(body, pool.server, instance.context_size)
-        return _result_body(await instance.complete(params, genkey=body.genkey))
+    server = get_pool(request).server
+    done = await serving.generate(request, model_from_path(request),
+                                  lambda i: to_params(body, server, i.context_size), stream=False, genkey=body.genkey)
+    assert done.result is not None
+    return _result_body(done.result)
 
 
 @_post(["/api/extra/generate/stream"], dependencies=protected)
 async def generate_stream(body: GenerateRequest, request: Request) -> StreamingResponse:
-    pool = get_pool(request)
-    lease = await pool.acquire(model_from_path(request))
-    try:
-        instance = await lease.ready()
-        params = to_params(body, pool.server, instance.context_size)
-        first, rest = await start_generation(instance, params, stream=True, genkey=body.genkey)
-    except BaseException:
-        lease.release()
-        raise
+    server = get_pool(request).server
+    started = await serving.generate(request, model_from_path(request),
+                                     lambda i: to_params(body, server, i.context_size), stream=True,
+                                     genkey=body.genkey)
 
     def on_item(item: Item) -> list[bytes]:
         if isinstance(item, str):
@@ -152,8 +148,7 @@ async def generate_stream(body: GenerateRequest, request: Request) -> StreamingR
     def on_error(exc: WarrenError) -> list[bytes]:
         return [sse.event(error_body(Dialect.KOBOLD, exc), "error")]
 
-    return StreamingResponse(stream_events(first, rest, on_item, on_error, on_close=lease.release),
-                             media_type="text/event-stream", headers=sse.SSE_HEADERS)
+    return started.response(on_item, on_error, media_type="text/event-stream", headers=sse.SSE_HEADERS)
 
 
 @_post(["/api/extra/generate/check"], dependencies=protected)

@@ -10,17 +10,18 @@ from __future__ import annotations
 import datetime
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from warren.api import serving
 from warren.api.deps import get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.ollama import translate as t
 from warren.api.ollama.schemas import Base, ChatRequest, GenerateRequest, ShowRequest
-from warren.api.streaming import Item, start_generation, stream_events
+from warren.api.serving import Item
 from warren.errors import InvalidRequest, WarrenError
 from warren.params import GenerationParams, GenerationResult
 from warren.pool.instance import ModelInstance
@@ -104,34 +105,28 @@ async def _serve(request: Request, req: Base, empty: bool, make_params: Callable
     empty_reply = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
     if empty and keep == 0:  # Ollama: an empty request with keep_alive 0 unloads the model
         pool.catalog.get(t.model_name(name))
-        pool.unload(name, "keep_alive 0")
+        pool.unload_for_client(name, "keep_alive 0")
         return {**head, **empty_reply, "done": True, "done_reason": "unload"}
-    started = time.perf_counter()
-    lease = await pool.acquire(name)
-    handed_over = False  # a stream releases the lease itself, when it ends
-    try:
-        instance = await lease.ready()
-        load_seconds = time.perf_counter() - started
+
+    def configure(instance: ModelInstance) -> None:
         if keep is not None:
-            pool.policy.configure(instance.name, keep_alive=keep)
-        if empty:  # an empty prompt only loads the model
-            return {**head, **empty_reply, "done": True, "done_reason": "load"}
-        params = make_params(instance)
-        if req.stream:
-            first, rest = await start_generation(instance, params, stream=True)
-            handed_over = True
-            return _stream(head, chat, first, rest, started, load_seconds, lease.release)
-        result = await instance.complete(params)
-    finally:
-        if not handed_over:
-            lease.release()
+            pool.client_keep_alive(instance.name, keep)
+
+    if empty:  # an empty prompt only loads the model
+        instance, _ = await serving.admit(request, name)
+        configure(instance)
+        return {**head, **empty_reply, "done": True, "done_reason": "load"}
+    started = await serving.generate(request, name, make_params, stream=bool(req.stream), on_ready=configure)
+    if req.stream:
+        return _stream(head, chat, started)
+    result = started.result
+    assert result is not None
     text = {"message": {"role": "assistant", "content": result.text}} if chat else {"response": result.text}
     return {**head, **text, "done": True, "done_reason": t.done_reason(result.finish_reason),
-            **t.timings(result, time.perf_counter() - started, load_seconds)}
+            **t.timings(result, time.perf_counter() - started.began, started.load_seconds)}
 
 
-def _stream(head: dict[str, Any], chat: bool, first: Item, rest: AsyncIterator[Item], started: float,
-            load_seconds: float, on_close: Callable[[], None]) -> StreamingResponse:
+def _stream(head: dict[str, Any], chat: bool, started: serving.Started) -> StreamingResponse:
     def piece(text: str) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
 
@@ -141,13 +136,12 @@ def _stream(head: dict[str, Any], chat: bool, first: Item, rest: AsyncIterator[I
         assert isinstance(item, GenerationResult)
         return [_line({**head, "created_at": t.now_iso(), **piece(""), "done": True,
                        "done_reason": t.done_reason(item.finish_reason),
-                       **t.timings(item, time.perf_counter() - started, load_seconds)})]
+                       **t.timings(item, time.perf_counter() - started.began, started.load_seconds)})]
 
     def on_error(exc: WarrenError) -> list[bytes]:
         return [_line(error_body(Dialect.OLLAMA, exc))]
 
-    return StreamingResponse(stream_events(first, rest, on_item, on_error, on_close),
-                             media_type="application/x-ndjson")
+    return started.response(on_item, on_error, media_type="application/x-ndjson")
 
 
 @router.post("/api/generate", dependencies=protected)

@@ -17,7 +17,7 @@ from typing import Any
 
 from warren.api.chat_template import render_chat
 from warren.api.ollama.schemas import Base, ChatRequest, GenerateRequest
-from warren.errors import InvalidRequest
+from warren.errors import ConfigError, InvalidRequest
 from warren.gguf.reader import GGUFInfo, SkippedArray
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.units import parse_duration
@@ -43,10 +43,9 @@ def keep_alive_seconds(value: float | str | None) -> float | None:
     if value is None:
         return None
     try:
-        seconds = parse_duration(value, "keep_alive")
-    except Exception as exc:  # ConfigError: its message names the value
-        raise InvalidRequest(str(exc), param="keep_alive") from None
-    return -1.0 if seconds < 0 else seconds
+        return parse_duration(value, "keep_alive")
+    except ConfigError as exc:  # its message names the value
+        raise InvalidRequest(exc.message, param="keep_alive") from None
 
 
 def _schema(fmt: str | dict[str, Any] | None) -> str:

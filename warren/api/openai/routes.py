@@ -14,12 +14,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from warren.api import sse
+from warren.api import serving, sse
 from warren.api.deps import get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.openai import translate
 from warren.api.openai.schemas import ChatRequest, CompletionRequest
-from warren.api.streaming import Item, start_generation, stream_events
+from warren.api.serving import Item
 from warren.errors import WarrenError
 from warren.params import GenerationParams, GenerationResult
 from warren.pool.instance import ModelInstance
@@ -38,8 +38,8 @@ async def list_models(pool: Pool = Depends(get_pool)) -> dict[str, Any]:
          "handle": d["handle"], "active": d["active"]} for d in pool.status()["instances"]]}
 
 
-def _stream(instance: ModelInstance, first: Item, rest: Any, chat: bool, include_usage: bool,
-            on_close: Callable[[], None]) -> StreamingResponse:
+def _stream(started: serving.Started, chat: bool, include_usage: bool) -> StreamingResponse:
+    instance = started.instance
     chunk_id = translate.new_id("chatcmpl" if chat else "cmpl")
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -65,33 +65,21 @@ def _stream(instance: ModelInstance, first: Item, rest: Any, chat: bool, include
     def on_error(exc: WarrenError) -> list[bytes]:
         return [sse.event(error_body(Dialect.OPENAI, exc))]
 
-    async def body() -> Any:
-        if chat:
-            yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                         "finish_reason": None})
-        async for part in stream_events(first, rest, on_item, on_error, on_close):
-            yield part
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers=sse.SSE_HEADERS)
+    head = [chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                   "finish_reason": None})] if chat else []
+    return started.response(on_item, on_error, media_type="text/event-stream", headers=sse.SSE_HEADERS, head=head)
 
 
 async def _run(request: Request, model: str | None, make_params: Callable[[ModelInstance], GenerationParams],
                stream: bool, chat: bool, include_usage: bool, echo: bool = False) -> Any:
     """``/m/{name}`` wins over the body's ``model``; neither means the active model."""
-    lease = await get_pool(request).acquire(model_from_path(request) or model)
-    try:
-        instance = await lease.ready()
-        params = make_params(instance)
-        if stream:
-            first, rest = await start_generation(instance, params, stream=True)
-            return _stream(instance, first, rest, chat, include_usage, lease.release)
-        result = await instance.complete(params)
-    except BaseException:
-        lease.release()
-        raise
-    lease.release()
-    return translate.chat_body(result, instance.name) if chat else \
-        translate.completion_body(result, instance.name, params.prompt if echo else "")
+    started = await serving.generate(request, model_from_path(request) or model, make_params, stream=stream)
+    if stream:
+        return _stream(started, chat, include_usage)
+    assert started.result is not None
+    name = started.instance.name
+    return translate.chat_body(started.result, name) if chat else \
+        translate.completion_body(started.result, name, started.params.prompt if echo else "")
 
 
 @router.post("/v1/completions", dependencies=protected)
