@@ -292,6 +292,23 @@ class Catalog:
             raise ModelNotFound(f"model {name!r} not found; available: {known}", model=name)
         return entry
 
+    def redact(self, text: str) -> str:
+        """``text`` with the folders of every model and config file the catalog knows cut off, leaving file
+        names: messages for clients say which file, not where the operator keeps it."""
+        folders = {str(d) for d in self.dirs}
+        if self.catalog_file is not None:
+            folders.add(str(self.catalog_file.parent))
+        for entry in self.entries.values():
+            folders.add(str(entry.source.parent))
+            if entry.settings is not None:
+                folders.add(str(entry.settings.path.parent))
+        if self.active is not None:
+            folders.add(str(self.active.path.parent))
+        for folder in sorted(folders, key=len, reverse=True):
+            if folder not in ("", ".", "/"):
+                text = text.replace(folder.rstrip("/") + "/", "")
+        return text
+
     def for_admin_file(self, filename: str, override: str | None = None) -> CatalogEntry:
         """KoboldCpp ``reload_config``: a file directly inside a catalog directory (no paths, no links out)."""
         for folder in self.dirs:

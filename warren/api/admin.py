@@ -16,7 +16,6 @@ KoboldCpp does (200 with ``{"success": false}`` or ``[]``); warren's routes answ
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,7 +25,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from warren.api import sse
-from warren.api.deps import bearer_ok, get_pool
+from warren.api.browser import is_loopback
+from warren.api.deps import bearer_ok, get_pool, operator_key
 from warren.catalog import Catalog
 from warren.errors import ConfigError, Forbidden, InvalidRequest, Unauthorized, WarrenError
 from warren.pool.pool import Pool
@@ -37,27 +37,23 @@ router = APIRouter()
 EVENTS_KEEPALIVE = 15.0  # seconds between SSE comments, so proxies keep an idle events stream open
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def admin_allowed(request: Request) -> bool:
+    """The operator's routes are open to the operator's key (``--adminpassword``, else ``--password``); without
+    any key, only on a server that listens on loopback alone (``warren/api/browser.py`` keeps web pages out)."""
     server = get_pool(request).server
-    if server.admin_password:
-        return bearer_ok(request, server.admin_password)
+    key = operator_key(server)
+    if key:
+        return bearer_ok(request, key)
     return is_loopback(server.host)
 
 
 def require_admin(request: Request) -> None:
     server = get_pool(request).server
-    if server.admin_password:
-        if not bearer_ok(request, server.admin_password):
-            raise Unauthorized("Admin key is missing or invalid.")
+    key = operator_key(server)
+    if key:
+        if not bearer_ok(request, key):
+            raise Unauthorized("Admin key is missing or invalid." if server.admin_password else
+                               "Authentication key is missing or invalid.")
     elif not is_loopback(server.host):
         raise Forbidden("the admin API is off: the server listens beyond loopback and has no --adminpassword",
                         hint="set --adminpassword to enable it")
@@ -135,8 +131,8 @@ async def load_model(name: str, request: Request, body: LoadRequest | None = Non
         except ConfigError as exc:
             raise InvalidRequest(exc.message, param="keep_alive") from None
     pool = get_pool(request)
-    await pool.load(name, pin=body.pin, keep_alive=keep_alive)
-    return pool.describe(name)
+    instance = await pool.load(name, pin=body.pin, keep_alive=keep_alive)
+    return pool.describe(instance.name)
 
 
 @router.post("/api/models/{name}/activate", dependencies=[Depends(require_admin)])

@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from warren import __version__
 from warren.api.admin import router as admin_router
+from warren.api.browser import BrowserGuard, is_loopback
+from warren.api.deps import key_matches, operator_key
 from warren.api.errors import install_error_handlers
 from warren.api.kobold.routes import router as kobold_router
 from warren.api.limits import BodyLimit, JsonBodies
@@ -70,10 +71,11 @@ def create_app(pool: Pool, *, preload: bool = True) -> FastAPI:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # KoboldCpp answers every origin (browser UIs such as KoboldAI Lite are served from elsewhere);
-    # --cors-origins narrows it, and an empty list sends no CORS headers at all.
-    if pool.server.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(pool.server.cors_origins), allow_methods=["*"],
-                           allow_headers=["*"])
+    # --cors-origins narrows it, and an empty list sends no CORS headers at all. The operator's routes never
+    # get "*", and refuse cross-site forgeries and rebinding Host names (warren/api/browser.py).
+    key = operator_key(pool.server)
+    app.add_middleware(BrowserGuard, loopback_only=is_loopback(pool.server.host),
+                       cors_origins=pool.server.cors_origins, has_admin_key=lambda h: bool(key) and key_matches(h, key))
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, max_bytes=pool.server.max_request_bytes)
     return app

@@ -9,10 +9,12 @@ from __future__ import annotations
 import hmac
 
 from fastapi import Request
+from starlette.datastructures import Headers
 
 from warren.errors import Unauthorized
 from warren.pool.instance import ModelInstance
 from warren.pool.pool import Pool
+from warren.settings import ServerSettings
 
 
 def get_pool(request: Request) -> Pool:
@@ -30,14 +32,28 @@ def get_instance(request: Request) -> ModelInstance:
     return get_pool(request).instance_for(model_from_path(request))
 
 
-def bearer_ok(request: Request, secret: str | None) -> bool:
+def presented_key(headers: Headers) -> str:
+    """The key a request carries: ``Authorization: Bearer KEY``, or KoboldCpp's ``apikey`` header."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        token = headers.get("apikey", "")
+    return token.strip()
+
+
+def key_matches(headers: Headers, secret: str | None) -> bool:
     if not secret:
         return True
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer":
-        token = request.headers.get("apikey", "")  # KoboldCpp also accepts this header
-    return hmac.compare_digest(token.strip().encode(), secret.encode())
+    return hmac.compare_digest(presented_key(headers).encode(), secret.encode())
+
+
+def bearer_ok(request: Request, secret: str | None) -> bool:
+    return key_matches(request.headers, secret)
+
+
+def operator_key(server: ServerSettings) -> str | None:
+    """The key that opens the operator's routes: ``--adminpassword``, else ``--password`` (with only an API key
+    set, the operator's routes need it too), else none (then only a loopback-only server opens them)."""
+    return server.admin_password or server.password or None
 
 
 def require_api_key(request: Request) -> None:

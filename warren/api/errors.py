@@ -13,14 +13,17 @@ message; the traceback goes to the log only.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope, Send
 
 from warren.errors import Busy, InvalidRequest, MethodNotAllowed, NotFound, Unauthorized, WarrenError
 
@@ -54,9 +57,27 @@ def dialect_of(path: str) -> Dialect:
     return Dialect.KOBOLD
 
 
-OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-                405: "invalid_request_error",
-                410: "invalid_request_error", 413: "invalid_request_error", 503: "server_error", 502: "server_error"}
+OPERATOR_PREFIXES = ("/api/admin/", "/api/models/", "/api/instances/", "/api/pool", "/metrics")
+
+
+def is_operator_route(path: str) -> bool:
+    """The operator's routes: the KoboldCpp admin API, warren's pool API and the metrics."""
+    return path.startswith(OPERATOR_PREFIXES)
+
+
+def redacted(exc: WarrenError, redact: Callable[[str], str]) -> WarrenError:
+    """The same error with ``redact`` applied to its message (the catalog's, which cuts folders off paths)."""
+    message = redact(exc.message)
+    if message == exc.message:
+        return exc
+    return WarrenError.from_wire({**exc.to_wire(), "message": message})
+
+
+# OpenAI's error types by status: its clients branch on them (403 is a PermissionDeniedError, 404 NotFound).
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "invalid_request_error", 405: "invalid_request_error", 408: "invalid_request_error",
+                410: "invalid_request_error", 413: "invalid_request_error", 499: "invalid_request_error",
+                502: "server_error", 503: "server_error", 507: "invalid_request_error"}
 
 
 def error_body(dialect: Dialect, exc: WarrenError) -> dict[str, Any]:
@@ -75,7 +96,17 @@ def error_body(dialect: Dialect, exc: WarrenError) -> dict[str, Any]:
     return {"detail": detail}
 
 
+async def send_error(scope: Scope, send: Send, error: WarrenError) -> None:
+    """Answer ``error`` in the route's dialect straight from an ASGI middleware (before any routing)."""
+    body = json.dumps(error_body(dialect_of(scope["path"]), error)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def error_response(request: Request, exc: WarrenError) -> JSONResponse:
+    if not is_operator_route(request.url.path):  # only the operator sees where the model files are
+        exc = redacted(exc, request.app.state.pool.catalog.redact)
     headers = {}
     if isinstance(exc, Busy):
         headers["Retry-After"] = str(exc.retry_after)

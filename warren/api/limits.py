@@ -6,13 +6,10 @@ and a chunked body is counted as it arrives, so a client cannot make the server 
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from warren.api.errors import dialect_of, error_body
-from warren.errors import BodyTooLarge, InvalidRequest
+from warren.api.errors import send_error
+from warren.errors import BodyTooLarge
 
 
 class BodyLimit:
@@ -29,7 +26,7 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, send, error)
+            await send_error(scope, send, error)
             return
         seen = 0
         exceeded = False
@@ -49,18 +46,12 @@ class BodyLimit:
             # limit was hit, answer 413 in the dialect's shape instead, and drop what it sends.
             if exceeded:
                 if message["type"] == "http.response.start":
-                    await self._refuse(scope, send, error)
+                    await send_error(scope, send, error)
                 return
             await send(message)
 
         await self.app(scope, limited, checked_send)
 
-    @staticmethod
-    async def _refuse(scope: Scope, send: Send, error: InvalidRequest) -> None:
-        body = json.dumps(error_body(dialect_of(scope["path"]), error)).encode()
-        headers: list[Any] = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
 
 class JsonBodies:

@@ -1,10 +1,13 @@
-"""``GET /metrics``: the pool in Prometheus text format (no client library: the format is plain text)."""
+"""``GET /metrics``: the pool in Prometheus text format (no client library: the format is plain text).
+
+An operator's route, like ``/api/pool``: it needs the admin key where one is set."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
+from warren.api.admin import require_admin
 from warren.api.deps import get_pool
 
 router = APIRouter()
@@ -16,7 +19,7 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_admin)])
 async def metrics(request: Request) -> str:
     pool = get_pool(request)
     status = pool.status()

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from warren.api.errors import redacted
 from warren.errors import ClientGone, ServerStopping, WarrenError
 from warren.params import GenerationParams, GenerationResult
 from warren.pool.instance import ModelInstance
@@ -166,7 +167,8 @@ class Started:
                 item = await anext(self.rest)
         except WarrenError as exc:
             log.warning("stream failed error=%s", exc.message)
-            for chunk in on_error(exc):
+            catalog = self.serving.pool.catalog if self.serving is not None else None
+            for chunk in on_error(redacted(exc, catalog.redact) if catalog is not None else exc):
                 yield chunk
         finally:
             await self.aclose()

@@ -71,11 +71,15 @@ def measure_footprint(pid: int) -> int:
 
 
 def split_handle(name: str) -> tuple[str, int | None]:
-    """``smol@3`` -> ("smol", 3); ``koboldcpp/smol`` -> ("smol", None)."""
+    """``smol@3`` -> ("smol", 3); ``koboldcpp/smol`` -> ("smol", None); ``@3`` is neither: ``ModelNotFound``."""
     name = name.removeprefix("koboldcpp/")
     base, sep, gen = name.rpartition("@")
     if sep and gen.isdigit():
+        if not base:
+            raise ModelNotFound(f"{name!r} names no model", hint="a handle is NAME@GENERATION, e.g. smol@1")
         return base, int(gen)
+    if not name:
+        raise ModelNotFound("no model named", hint="give a model name, or leave it out for the active model")
     return name, None
 
 
@@ -195,12 +199,16 @@ class Pool:
 
     # -- the request path ---------------------------------------------------------------------------------
     def instance_for(self, name: str | None) -> ModelInstance:
-        """The instance info routes describe (perf, context size, genkey polling), without loading it."""
-        base, _ = split_handle(self._name_or_active(name))
+        """The instance info routes describe (perf, context size, genkey polling), without loading it; a
+        handle must still name the current instance."""
+        base, generation = split_handle(self._name_or_active(name))
+        if generation is not None:
+            self._check_handle(base, generation)
         return self.instances.get(base) or self._instance(self._valid_entry(self.catalog.get(base)))
 
     def _name_or_active(self, name: str | None) -> str:
-        if name:
+        """``None`` is the active model; any string is a name (an empty one names nothing)."""
+        if name is not None:
             return name
         if self.active_name is None:
             raise ModelNotFound("no model is loaded (the server was started with --nomodel)",
@@ -472,11 +480,14 @@ class Pool:
 
     # -- operator actions ---------------------------------------------------------------------------------
     async def load(self, name: str, *, pin: bool | None = None, keep_alive: float | None = None) -> ModelInstance:
-        """Load ``name`` now (lifting a quarantine: an operator asked), then apply pin/keep-alive."""
-        base, _ = split_handle(name)
+        """Load ``name`` now (lifting a quarantine: an operator asked), then apply pin/keep-alive. A handle
+        ``name@N`` means exactly that instance: 410 if it is not the current one, never another."""
+        base, generation = split_handle(name)
+        if generation is not None:
+            self._check_handle(base, generation)
         self._quarantine.pop(base, None)
         self._crash_times.pop(base, None)
-        lease = await self.acquire(base)
+        lease = await self.acquire(name)
         try:
             instance = await lease.ready()
             self.policy.configure(base, pinned=pin, keep_alive=keep_alive)

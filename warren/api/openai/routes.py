@@ -29,7 +29,7 @@ router = APIRouter()
 protected = [Depends(require_api_key)]
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", dependencies=protected)
 async def list_models(pool: Pool = Depends(get_pool)) -> dict[str, Any]:
     """Every catalog entry, with its state (loaded or not), handle and whether it is the active model."""
     now = int(time.time())
@@ -73,7 +73,7 @@ def _stream(started: serving.Started, chat: bool, include_usage: bool) -> Stream
 async def _run(request: Request, model: str | None, make_params: Callable[[ModelInstance], GenerationParams],
                stream: bool, chat: bool, include_usage: bool, echo: bool = False) -> Any:
     """``/m/{name}`` wins over the body's ``model``; neither means the active model."""
-    started = await serving.generate(request, model_from_path(request) or model, make_params, stream=stream)
+    started = await serving.generate(request, model_from_path(request) or model or None, make_params, stream=stream)
     if stream:
         return _stream(started, chat, include_usage)
     assert started.result is not None
