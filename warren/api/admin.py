@@ -72,8 +72,8 @@ def kobold_admin_ok(request: Request) -> bool:
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    filename: str = Field(..., max_length=1024)
-    overrideconfig: str | None = Field(None, max_length=1024)
+    filename: str = Field(..., max_length=1024, pattern=r"^[^\x00]*$")  # a NUL is no file name
+    overrideconfig: str | None = Field(None, max_length=1024, pattern=r"^[^\x00]*$")
 
 
 @router.get("/api/admin/list_options")
