@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warren.errors import ConfigError, ModelNotFound
+from warren.errors import ConfigError, ModelNotFound, WarrenError
 from warren.gguf.estimate import MemoryEstimate, estimate_memory
 from warren.gguf.reader import GGUFInfo, read_gguf
 from warren.kcpps import read_kcpps
@@ -101,6 +101,7 @@ class Catalog:
         self._cache: dict[tuple[Any, ...], CatalogEntry] = {}
         self._infos: dict[str, tuple[tuple[Any, ...], GGUFInfo]] = {}
         self._toml_cache: tuple[tuple[int, int], list[CatalogEntry]] | None = None
+        self._installed: dict[str, tuple[str, str]] = {}  # reload_config entries with an override: name -> files
 
     # -- building entries -----------------------------------------------------------------------------
     def _server_opts(self) -> dict[str, Any]:
@@ -258,6 +259,12 @@ class Catalog:
                     add(self._from_file(path, str(folder)))
                     if key in self._cache:
                         used[key] = self._cache[key]
+        for name, (filename, override) in list(self._installed.items()):
+            try:
+                add(self._admin_entry(filename, override))
+            except WarrenError as exc:  # its files went away or broke: it is gone from the catalog
+                log.warning("admin entry dropped name=%s error=%s", name, exc.message)
+                del self._installed[name]
         self._cache = used  # forget versions of files that changed or went away
         self.entries = entries
 
@@ -310,21 +317,36 @@ class Catalog:
         return text
 
     def for_admin_file(self, filename: str, override: str | None = None) -> CatalogEntry:
-        """KoboldCpp ``reload_config``: a file directly inside a catalog directory (no paths, no links out)."""
+        """KoboldCpp ``reload_config``: a file directly inside a catalog directory (no paths, no links out),
+        optionally with a ``.kcpps`` there whose settings override its own. The entry is checked before
+        anything changes: an invalid one is a ``ConfigError`` and leaves the catalog as it was. A model with
+        an override is its own entry, ``MODEL~CONFIG``, kept across rescans, so the model as the directory
+        has it (maybe loaded and serving) is never replaced under its name."""
+        entry = self._admin_entry(filename, override)
+        if not entry.valid:
+            raise ConfigError(f"{filename}{' with ' + override if override else ''} cannot be loaded: "
+                              f"{entry.error}", hint="fix the file; the active model is unchanged")
+        if override:
+            self._installed[entry.name] = (filename, override)
+        self.entries[entry.name] = entry
+        return entry
+
+    def _admin_entry(self, filename: str, override: str | None) -> CatalogEntry:
         for folder in self.dirs:
             path = self.inside(folder, filename)
             if path is None:
                 continue
-            if override:
-                override_path = self.inside(folder, override)
-                if override_path is None or path.suffix.lower() != ".gguf":
-                    raise ConfigError(f"overrideconfig {override!r} is not a .kcpps in the admin directory, or the "
-                                      "target is not a .gguf")
-                entry = self._from_kcpps(override_path, str(folder), model_override=path, name=path.stem)
-            else:
-                entry = self._from_file(path, str(folder))
-            self.entries[entry.name] = entry
-            return entry
+            if not override:
+                return self._from_file(path, str(folder))
+            override_path = self.inside(folder, override)
+            if override_path is None or path.suffix.lower() != ".gguf":
+                raise ConfigError(f"overrideconfig {override!r} is not a .kcpps in the admin directory, or the "
+                                  "target is not a .gguf")
+            name = f"{path.stem}~{override_path.stem}"
+            previous = self.entries.get(name)
+            if previous is not None and not previous.stale:
+                return previous
+            return self._from_kcpps(override_path, str(folder), model_override=path, name=name)
         raise ModelNotFound(f"{filename!r} is not a model file in the admin directory", model=filename)
 
     @staticmethod
