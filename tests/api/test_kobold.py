@@ -174,3 +174,30 @@ def test_genkey_check_and_abort(server: Server) -> None:
     thread.join(30)
     assert results["r"]["results"][0]["completion_tokens"] < 400
     assert results["r"]["results"][0]["text"].startswith(partial)
+
+
+def test_nobody_reads_or_aborts_a_request_that_has_no_genkey(server: Server) -> None:
+    """Issue 11, item 4: an OpenAI chat (which carries no genkey) was visible to anyone's generate/check and cut
+    short by anyone's abort. Now it belongs to its client alone."""
+    lines: list[str] = []
+    started = threading.Event()
+
+    def chat() -> None:
+        body = {"messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 300,
+                "temperature": 0, "stream": True, "logit_bias": {"0": -100, "2": -100, "4": -100}}  # no EOG
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    lines.append(line)
+                    started.set()
+
+    thread = threading.Thread(target=chat)
+    thread.start()
+    assert started.wait(30)
+    c = server.client()
+    assert c.get("/api/extra/generate/check").json() == {"results": [{"text": ""}]}
+    assert c.post("/api/extra/generate/check", json={}).json() == {"results": [{"text": ""}]}
+    assert c.post("/api/extra/abort", json={}).json() == {"success": "false", "done": "false"}
+    thread.join(120)
+    last = json.loads(lines[-1][6:])
+    assert last["choices"][0]["finish_reason"] == "length"
