@@ -50,8 +50,11 @@ class Attempt:
 
     task: asyncio.Task[Any] | None = None
     abort: asyncio.Event = field(default_factory=asyncio.Event)
-    started: bool = False  # the generation is running (or done): shutdown lets it finish within the grace
+    started: bool = False  # its turn came: shutdown lets it finish within the grace (until then it is cancelled)
     stopping: bool = False  # shutdown ended it
+
+    def mark_started(self) -> None:
+        self.started = True
 
 
 class Serving:
@@ -228,11 +231,11 @@ async def generate(request: Request, model: str | None, params_for: ParamsFor, *
             on_ready(instance)
         params = params_for(instance)
         params.check()
-        gen = instance.generate(params, stream=stream, genkey=genkey, abort=attempt.abort)
+        gen = instance.generate(params, stream=stream, genkey=genkey, abort=attempt.abort,
+                                on_start=attempt.mark_started)
         started = Started(instance, params, load_seconds, began, lease=lease, attempt=attempt, serving=serving)
         try:
             if not stream:
-                attempt.started = True
                 async for item in gen:
                     if isinstance(item, GenerationResult):
                         started.result = item
@@ -241,7 +244,6 @@ async def generate(request: Request, model: str | None, params_for: ParamsFor, *
         except BaseException:
             await gen.aclose()
             raise
-        attempt.started = True
         started.first, started.rest = first, gen
         return started
 

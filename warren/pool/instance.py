@@ -268,10 +268,14 @@ class ModelInstance:
 
     # -- generation ---------------------------------------------------------------------------------
     async def generate(self, params: GenerationParams, *, stream: bool, genkey: str = "",
-                       abort: asyncio.Event | None = None) -> AsyncIterator[str | GenerationResult]:
+                       abort: asyncio.Event | None = None, on_start: Callable[[], None] | None = None
+                       ) -> AsyncIterator[str | GenerationResult]:
         """Yield text pieces (when ``stream``) and finally the ``GenerationResult``. ``abort`` set ends the
-        generation early (finish reason ``abort``), as KoboldCpp's abort by genkey does."""
+        generation early (finish reason ``abort``), as KoboldCpp's abort by genkey does; ``on_start`` is told
+        when the request's turn has come (it was queued until then)."""
         async with self._turn():
+            if on_start is not None:
+                on_start()
             if genkey and genkey == self._pending_abort_key:
                 self._pending_abort_key = ""
                 yield GenerationResult("", FinishReason.ABORT, 0, 0, 0.0, 0.0, 0)
