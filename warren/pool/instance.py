@@ -6,7 +6,9 @@ The instance is what every dialect talks to. It hides the worker's life from the
   concurrent loads share one start. A worker that dies by itself is reported to the pool
   (``on_exit``); the crash stays visible in ``last_exit``, ``restarts`` and the state.
 - **One generation at a time**, KoboldCpp ``--multiuser`` semantics: up to ``queue_limit`` requests
-  wait behind the running one, more get ``Busy`` (503).
+  wait behind the running one, more get ``Busy`` (503). A request whose worker ended while it waited
+  (a crash, a frozen worker killed by the heartbeat) gets ``RequestNotStarted``, not the crash: it never
+  ran, and the pool serves it on the replacement (``warren/pool/retry.py``).
 - **genkey**: KoboldCpp clients poll partial text (``/api/extra/generate/check``) and abort their own
   generation by key; an abort for a queued key is remembered and that request returns empty text.
 
@@ -26,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from warren.errors import Busy, WarrenError, WorkerClosed, WorkerCrashed
+from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
@@ -268,12 +270,23 @@ class ModelInstance:
     # -- generation ---------------------------------------------------------------------------------
     async def generate(self, params: GenerationParams, *, stream: bool, genkey: str = ""
                        ) -> AsyncIterator[str | GenerationResult]:
-        """Yield text pieces (when ``stream``) and finally the ``GenerationResult``."""
+        """Yield text pieces (when ``stream``) and finally the ``GenerationResult``.
+
+        ``RequestNotStarted`` when the worker this request queued for is gone by its turn: it was never
+        sent, so the caller may acquire the model again and retry it on a new worker."""
+        queued_for = self.handle
         async with self._turn():
             if genkey and genkey == self._pending_abort_key:
                 self._pending_abort_key = ""
                 yield GenerationResult("", FinishReason.ABORT, 0, 0, 0.0, 0.0, 0)
                 return
+            if queued_for is not None and (self.handle is not queued_for or not queued_for.alive):
+                await queued_for.exited.wait()  # its exit is classified (and reported) before the retry
+                self._report_crash(queued_for)  # the pool must know before the caller acquires again
+                cause = queued_for.exit_error
+                raise RequestNotStarted(
+                    f"the worker for model {self.name!r} ended before this request reached it"
+                    + (f" ({cause.message})" if cause else ""), cause=cause, model=self.name)
             handle = self.require_ready()
             self._running_key = genkey
             self._partial = []

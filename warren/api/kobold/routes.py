@@ -18,11 +18,12 @@ from warren.api.deps import bearer_ok, get_instance, get_pool, model_from_path, 
 from warren.api.errors import Dialect, error_body
 from warren.api.kobold.schemas import DetokenizeRequest, GenerateRequest, GenKeyRequest, TokenizeRequest
 from warren.api.kobold.translate import finish_reason, to_params
-from warren.api.streaming import Item, start_generation, stream_events
+from warren.api.streaming import Item, stream_events
 from warren.errors import WarrenError
 from warren.params import GenerationResult
 from warren.pool.instance import ModelInstance
 from warren.pool.pool import Pool
+from warren.pool.retry import generate_once_started
 
 KOBOLD_API_VERSION = "1.2.5"  # the KoboldAI United API version KoboldCpp reports
 KOBOLDCPP_VERSION = "1.102"  # the KoboldCpp release whose API warren follows
@@ -127,22 +128,18 @@ def _result_body(r: GenerationResult) -> dict[str, Any]:
 @_post(_both("/generate"), dependencies=protected)
 async def generate(body: GenerateRequest, request: Request) -> dict[str, Any]:
     pool = get_pool(request)
-    async with await pool.acquire(model_from_path(request)) as instance:
-        params = to_params(body, pool.server, instance.context_size)
-        return _result_body(await instance.complete(params, genkey=body.genkey))
+    run = await generate_once_started(pool, model_from_path(request),
+                                      lambda i: to_params(body, pool.server, i.context_size), stream=False,
+                                      genkey=body.genkey)
+    return _result_body(await run.result())
 
 
 @_post(["/api/extra/generate/stream"], dependencies=protected)
 async def generate_stream(body: GenerateRequest, request: Request) -> StreamingResponse:
     pool = get_pool(request)
-    lease = await pool.acquire(model_from_path(request))
-    try:
-        instance = await lease.ready()
-        params = to_params(body, pool.server, instance.context_size)
-        first, rest = await start_generation(instance, params, stream=True, genkey=body.genkey)
-    except BaseException:
-        lease.release()
-        raise
+    run = await generate_once_started(pool, model_from_path(request),
+                                      lambda i: to_params(body, pool.server, i.context_size), stream=True,
+                                      genkey=body.genkey)
 
     def on_item(item: Item) -> list[bytes]:
         if isinstance(item, str):
@@ -152,7 +149,7 @@ async def generate_stream(body: GenerateRequest, request: Request) -> StreamingR
     def on_error(exc: WarrenError) -> list[bytes]:
         return [sse.event(error_body(Dialect.KOBOLD, exc), "error")]
 
-    return StreamingResponse(stream_events(first, rest, on_item, on_error, on_close=lease.release),
+    return StreamingResponse(stream_events(run.first, run.rest, on_item, on_error, on_close=run.lease.release),
                              media_type="text/event-stream", headers=sse.SSE_HEADERS)
 
 

@@ -20,12 +20,13 @@ from warren.api.deps import get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.ollama import translate as t
 from warren.api.ollama.schemas import Base, ChatRequest, GenerateRequest, ShowRequest
-from warren.api.streaming import Item, start_generation, stream_events
+from warren.api.streaming import Item, stream_events
 from warren.errors import InvalidRequest, WarrenError
 from warren.params import GenerationParams, GenerationResult
 from warren.pool.instance import ModelInstance
 from warren.pool.policy import Phase
 from warren.pool.pool import Pool
+from warren.pool.retry import generate_once_started
 
 OLLAMA_VERSION = "0.11.0"  # the Ollama API level these routes follow
 
@@ -107,24 +108,23 @@ async def _serve(request: Request, req: Base, empty: bool, make_params: Callable
         pool.unload(name, "keep_alive 0")
         return {**head, **empty_reply, "done": True, "done_reason": "unload"}
     started = time.perf_counter()
-    lease = await pool.acquire(name)
-    handed_over = False  # a stream releases the lease itself, when it ends
-    try:
-        instance = await lease.ready()
+    load_seconds = 0.0
+
+    def loaded(instance: ModelInstance) -> ModelInstance:
+        nonlocal load_seconds
         load_seconds = time.perf_counter() - started
         if keep is not None:
             pool.policy.configure(instance.name, keep_alive=keep)
-        if empty:  # an empty prompt only loads the model
-            return {**head, **empty_reply, "done": True, "done_reason": "load"}
-        params = make_params(instance)
-        if req.stream:
-            first, rest = await start_generation(instance, params, stream=True)
-            handed_over = True
-            return _stream(head, chat, first, rest, started, load_seconds, lease.release)
-        result = await instance.complete(params)
-    finally:
-        if not handed_over:
-            lease.release()
+        return instance
+
+    if empty:  # an empty prompt only loads the model
+        async with await pool.acquire(name) as instance:
+            loaded(instance)
+        return {**head, **empty_reply, "done": True, "done_reason": "load"}
+    run = await generate_once_started(pool, name, lambda i: make_params(loaded(i)), stream=req.stream)
+    if req.stream:  # the stream releases the lease itself, when it ends
+        return _stream(head, chat, run.first, run.rest, started, load_seconds, run.lease.release)
+    result = await run.result()
     text = {"message": {"role": "assistant", "content": result.text}} if chat else {"response": result.text}
     return {**head, **text, "done": True, "done_reason": t.done_reason(result.finish_reason),
             **t.timings(result, time.perf_counter() - started, load_seconds)}

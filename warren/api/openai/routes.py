@@ -19,11 +19,12 @@ from warren.api.deps import get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.openai import translate
 from warren.api.openai.schemas import ChatRequest, CompletionRequest
-from warren.api.streaming import Item, start_generation, stream_events
+from warren.api.streaming import Item, stream_events
 from warren.errors import WarrenError
 from warren.params import GenerationParams, GenerationResult
 from warren.pool.instance import ModelInstance
 from warren.pool.pool import Pool
+from warren.pool.retry import generate_once_started
 
 router = APIRouter()
 protected = [Depends(require_api_key)]
@@ -78,20 +79,13 @@ def _stream(instance: ModelInstance, first: Item, rest: Any, chat: bool, include
 async def _run(request: Request, model: str | None, make_params: Callable[[ModelInstance], GenerationParams],
                stream: bool, chat: bool, include_usage: bool, echo: bool = False) -> Any:
     """``/m/{name}`` wins over the body's ``model``; neither means the active model."""
-    lease = await get_pool(request).acquire(model_from_path(request) or model)
-    try:
-        instance = await lease.ready()
-        params = make_params(instance)
-        if stream:
-            first, rest = await start_generation(instance, params, stream=True)
-            return _stream(instance, first, rest, chat, include_usage, lease.release)
-        result = await instance.complete(params)
-    except BaseException:
-        lease.release()
-        raise
-    lease.release()
-    return translate.chat_body(result, instance.name) if chat else \
-        translate.completion_body(result, instance.name, params.prompt if echo else "")
+    run = await generate_once_started(get_pool(request), model_from_path(request) or model, make_params,
+                                      stream=stream)
+    if stream:
+        return _stream(run.instance, run.first, run.rest, chat, include_usage, run.lease.release)
+    result = await run.result()
+    return translate.chat_body(result, run.instance.name) if chat else \
+        translate.completion_body(result, run.instance.name, run.params.prompt if echo else "")
 
 
 @router.post("/v1/completions", dependencies=protected)
