@@ -23,7 +23,7 @@ the tree once, at its boundary (``warren/api/errors.py``), to its own error body
         ├── WorkerClosed               503   we stopped it (unload, swap, shutdown): retry is fine
         ├── WorkerCrashed              502   it died under us (signal or exit code)
         ├── WorkerLoadFailed           502   it could not load the model
-        └── RequestNotStarted          503   the worker a request queued for ended before the request
+        └── RequestNotStarted          503   the worker a request queued for died before the request
                                              reached it: nothing ran, so it is safe to serve it again
 
 Errors cross the worker boundary as tagged frames (``to_wire`` / ``from_wire``). The registry that
@@ -164,8 +164,8 @@ class WorkerLoadFailed(WorkerError):
 
 
 class RequestNotStarted(WorkerError):
-    """The worker this request waited for ended (crashed, killed as frozen or hung, unloaded) before the
-    request was sent to it. Unlike ``WorkerCrashed`` for the request that was running, nothing of this
+    """The worker this request waited for died (crashed, killed as frozen or hung) before the request
+    was sent to it. Unlike ``WorkerCrashed`` for the request that was running, nothing of this
     one ran, so acquiring the model again — a replacement worker — and starting it there is safe; the
     pool does that once (``warren/pool/retry.py``). ``cause`` is the worker's own exit error."""
 

@@ -272,8 +272,10 @@ class ModelInstance:
                        ) -> AsyncIterator[str | GenerationResult]:
         """Yield text pieces (when ``stream``) and finally the ``GenerationResult``.
 
-        ``RequestNotStarted`` when the worker this request queued for is gone by its turn: it was never
-        sent, so the caller may acquire the model again and retry it on a new worker."""
+        ``RequestNotStarted`` when the worker this request queued for died by its turn (crashed, killed
+        as frozen or hung): it was never sent, so the caller may acquire the model again and retry it on
+        a new worker. A worker we stopped on purpose (shutdown) gives its ``WorkerClosed`` as before:
+        loading the model again would undo the stop."""
         queued_for = self.handle
         async with self._turn():
             if genkey and genkey == self._pending_abort_key:
@@ -281,12 +283,13 @@ class ModelInstance:
                 yield GenerationResult("", FinishReason.ABORT, 0, 0, 0.0, 0.0, 0)
                 return
             if queued_for is not None and (self.handle is not queued_for or not queued_for.alive):
-                await queued_for.exited.wait()  # its exit is classified (and reported) before the retry
-                self._report_crash(queued_for)  # the pool must know before the caller acquires again
+                await queued_for.exited.wait()  # its exit is classified before anyone acts on it
                 cause = queued_for.exit_error
-                raise RequestNotStarted(
-                    f"the worker for model {self.name!r} ended before this request reached it"
-                    + (f" ({cause.message})" if cause else ""), cause=cause, model=self.name)
+                if not isinstance(cause, WorkerCrashed):
+                    raise cause or WorkerClosed(f"model {self.name!r} was unloaded", model=self.name)
+                self._report_crash(queued_for)  # the pool must know before the caller acquires again
+                raise RequestNotStarted(f"the worker for model {self.name!r} ended before this request reached "
+                                        f"it ({cause.message})", cause=cause, model=self.name)
             handle = self.require_ready()
             self._running_key = genkey
             self._partial = []
