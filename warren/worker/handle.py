@@ -392,8 +392,8 @@ class WorkerHandle:
         while self.alive:
             await asyncio.sleep(self._heartbeat_interval)
             await asyncio.sleep(0)  # a Pong already in the socket buffer is read before any judgement
-            if not self.alive or self._writer is None:
-                return
+            if not self.alive or self._writer is None or self._stopping:
+                return  # a worker being stopped is the stop escalation's to end
             now = time.monotonic()
             if not live.waiting:
                 live.pinged(now)
