@@ -27,7 +27,9 @@ the tree once, at its boundary (``warren/api/errors.py``), to its own error body
     └── WorkerError                    503   the worker process could not serve
         ├── WorkerClosed               503   we stopped it (unload, swap, shutdown): retry is fine
         ├── WorkerCrashed              502   it died under us (signal or exit code)
-        └── WorkerLoadFailed           502   it could not load the model
+        ├── WorkerLoadFailed           502   it could not load the model
+        └── RequestNotStarted          503   the worker a request queued for died before the request
+                                             reached it: nothing ran, so it is safe to serve it again
 
 Errors cross the worker boundary as tagged frames (``to_wire`` / ``from_wire``). The registry that
 rebuilds them is derived from the subclasses themselves, so adding a class needs no table edit.
@@ -196,6 +198,20 @@ class WorkerCrashed(WorkerError):
 class WorkerLoadFailed(WorkerError):
     http_status = 502
     code = "worker_load_failed"
+
+
+class RequestNotStarted(WorkerError):
+    """The worker this request waited for died (crashed, killed as frozen or hung) before the request
+    was sent to it. Unlike ``WorkerCrashed`` for the request that was running, nothing of this
+    one ran, so acquiring the model again — a replacement worker — and starting it there is safe; the
+    pool does that once (``warren/pool/retry.py``). ``cause`` is the worker's own exit error."""
+
+    code = "request_not_started"
+    cause: WarrenError | None = None
+
+    def __init__(self, message: str, *, cause: WarrenError | None = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.cause = cause
 
 
 ENGINE_REBUILD = "./dev.sh rebuild-engine"

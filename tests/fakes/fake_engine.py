@@ -27,6 +27,7 @@ class FakeEngine:
     """Emits ``max_tokens`` tokens named t0, t1, …; ``on_token(i)`` is the hook faults use."""
 
     token_delay = 0.0
+    concurrent_tokens = True  # tokenize/detokenize are pure Python here: safe beside generate
     loads = 0  # in this process: a resumed (parked) model is loaded again by the same worker
     parks = 0
 
@@ -73,6 +74,22 @@ class FakeEngine:
 
 class SlowEngine(FakeEngine):
     token_delay = 0.02
+
+
+class LongEngine(FakeEngine):
+    """A long generation, like the real model's: 4,000 tokens take ~20 s. The delay is a sleep, which
+    releases the GIL as llama.cpp's decode does through ctypes."""
+
+    token_delay = 0.005
+
+
+class SlowTokenizeEngine(FakeEngine):
+    """Tokenizes ``slow`` for 3 s: a request the supervisor stops waiting for, from a healthy worker."""
+
+    def tokenize(self, text: str, special: bool) -> list[int]:
+        if text == "slow":
+            time.sleep(3)
+        return super().tokenize(text, special)
 
 
 class CrashEngine(FakeEngine):
@@ -151,5 +168,6 @@ class IllegalInstructionEngine(FakeEngine):
 
 # Engine specs name these by short name: "tests.fakes.fake_engine:<name>" (a class is its own factory).
 fake, slow, crash_segv, crash_abort = FakeEngine, SlowEngine, CrashEngine, AbortEngine
+long, slow_tokenize = LongEngine, SlowTokenizeEngine
 fail_load, hang_load, garbage, wedged = FailLoadEngine, HangLoadEngine, GarbageEngine, WedgedEngine
 illegal_instruction = IllegalInstructionEngine

@@ -107,6 +107,27 @@ async def test_cancel_stops_generation_early(worker: WorkerHandle) -> None:
     assert done is not None and done.finish_reason == FinishReason.ABORT and done.completion_tokens < 100
 
 
+async def test_cancel_stops_a_long_prompt_between_batches(model_path: Path) -> None:
+    """Issue 11 item 2: a Cancel (client gone, abort, a Park behind it) takes effect between prompt batches,
+    not after the whole prompt is read: here 16-token batches of a ~300-token prompt."""
+    handle = WorkerHandle(ModelSettings(name="smol", path=model_path, context_size=1024, batch_size=16))
+    await handle.start()
+    await handle.load()
+    try:
+        abort = asyncio.Event()
+        abort.set()  # Cancel follows the Generate at once
+        began = time.perf_counter()
+        frames = [f async for f in handle.generate(GenerationParams(prompt="word " * 300, max_tokens=8), True, abort)]
+        cancelled = time.perf_counter() - began
+        done = frames[-1]
+        assert isinstance(done, p.Done) and done.finish_reason == FinishReason.ABORT and done.completion_tokens == 0
+        # The same amount of prompt, read to the end (other words, so no cached prefix helps).
+        _, full = await run(handle, GenerationParams(prompt="other " * 300, max_tokens=1), stream=False)
+        assert cancelled < full.prompt_seconds / 3, (cancelled, full.prompt_seconds)
+    finally:
+        await handle.stop()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT])
 async def test_killed_mid_stream_gives_a_clear_error(model_path: Path, sig: signal.Signals) -> None:
     handle = WorkerHandle(ModelSettings(name="smol", path=model_path, context_size=1024))

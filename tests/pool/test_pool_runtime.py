@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from warren.catalog import Catalog, CatalogEntry
-from warren.errors import Quarantined, WorkerCrashed
+from warren.errors import HandleGone, Quarantined, WorkerCrashed
 from warren.gguf.estimate import MemoryEstimate
-from warren.params import GenerationParams
+from warren.params import GenerationParams, GenerationResult
 from warren.pool import pool as pool_module
 from warren.pool.pool import Pool
+from warren.pool.retry import start_generation
 from warren.settings import ModelSettings, ServerSettings
 from warren.worker.handle import WorkerHandle
 
@@ -321,3 +322,66 @@ async def test_a_worker_killed_by_sigill_is_quarantined_at_once_with_its_cause( 
     with pytest.raises(Quarantined, match="rebuild it with ./dev.sh rebuild-engine"):
         await generate(pool, "foreign")
     assert pool.instances["foreign"].generation == 1 and pool.instances["foreign"].crashes == 1
+
+
+async def test_requests_queued_behind_a_frozen_worker_are_served_by_its_replacement(  # type: ignore[no-untyped-def]
+        make_pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 item 9: the running stream fails (it cannot be resumed); a request queued by name runs on
+    the replacement worker instead of getting the frozen worker's crash; one queued by handle gets 410."""
+    import asyncio
+    import os
+    import signal
+    import time
+
+    monkeypatch.setattr(pool_module, "BACKOFF_BASE", 0.01)
+    pool = await make_pool([entry("m", "long")])
+    lease = await pool.acquire("m")
+    instance = await lease.ready()
+    assert instance.handle is not None
+    pid = instance.handle.pid
+    stream = instance.generate(GenerationParams(prompt="x", max_tokens=4000), stream=True)
+    assert await anext(stream) == " t0"
+
+    def short(_instance: object) -> GenerationParams:
+        return GenerationParams(prompt="x", max_tokens=3)
+
+    by_name = asyncio.create_task(start_generation(pool, "m", short, stream=False))
+    by_handle = asyncio.create_task(start_generation(pool, "m@1", short, stream=False))
+    await eventually(lambda: instance.queued == 2)
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    with pytest.raises(WorkerCrashed, match="frozen"):
+        async for _ in stream:
+            pass
+    assert time.monotonic() - stopped < 5.0
+    lease.release()
+    run = await by_name
+    run.lease.release()
+    assert isinstance(run.first, GenerationResult) and run.first.text == " t0 t1 t2"
+    assert run.instance.handle is not None and run.instance.handle.pid != pid and run.instance.handle_id == "m@2"
+    with pytest.raises(HandleGone, match="handle m@1 is gone"):
+        await by_handle
+    status = pool.describe("m")
+    assert status["crashes"] == 1 and status["last_exit_kind"] == "frozen" and status["in_flight"] == 0
+
+
+async def test_a_lease_from_before_a_crash_does_not_count_against_the_new_instance(  # type: ignore[no-untyped-def]
+        make_pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Releasing a lease granted on a worker that crashed must not take a request off the count of the
+    instance loaded since, which could then be evicted under a running request."""
+    import os
+    import signal
+
+    monkeypatch.setattr(pool_module, "BACKOFF_BASE", 0.01)
+    pool = await make_pool([entry("m", "fake")])
+    old = await pool.acquire("m")
+    instance = await old.ready()
+    assert instance.handle is not None
+    os.kill(instance.handle.pid, signal.SIGKILL)
+    await eventually(lambda: "m" not in pool.policy.residents)
+    new = await pool.acquire("m")
+    await new.ready()
+    old.release()
+    assert pool.policy.residents["m"].in_flight == 1
+    new.release()
+    assert pool.policy.residents["m"].in_flight == 0

@@ -25,7 +25,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope, Send
 
-from warren.errors import Busy, InvalidRequest, MethodNotAllowed, NotFound, Unauthorized, WarrenError
+from warren.errors import (
+    Busy,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    RequestNotStarted,
+    Unauthorized,
+    WarrenError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +118,8 @@ def error_response(request: Request, exc: WarrenError) -> JSONResponse:
     headers = {}
     if isinstance(exc, Busy):
         headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, RequestNotStarted):
+        headers["Retry-After"] = "1"  # nothing of it ran: the model is being loaded again
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(error_body(dialect_of(request.url.path), exc), status_code=exc.http_status,

@@ -35,6 +35,7 @@ from warren.errors import ClientGone, ServerStopping, WarrenError
 from warren.params import GenerationParams, GenerationResult
 from warren.pool.instance import ModelInstance
 from warren.pool.pool import Lease, Pool
+from warren.pool.retry import start_generation
 
 log = logging.getLogger(__name__)
 
@@ -214,44 +215,36 @@ async def generate(request: Request, model: str | None, params_for: ParamsFor, *
     caller hands ``Started.events(...)`` to a ``StreamingResponse``, which releases the lease at its end.
     ``on_ready`` sees the instance before the generation (Ollama's keep-alive)."""
     serving = serving_of(request)
-    pool = serving.pool
     if serving.draining:
         raise ServerStopping()
     attempt = Attempt()
     serving.attempts.add(attempt)
     began = time.perf_counter()
-    lease: Lease | None = None
 
-    async def admitted() -> Started:
-        nonlocal lease
-        lease = await pool.acquire(model)
-        instance = await lease.ready()
-        load_seconds = time.perf_counter() - began
+    ready_at = began
+
+    def ready(instance: ModelInstance) -> None:
+        nonlocal ready_at
+        ready_at = time.perf_counter()
         if on_ready is not None:
             on_ready(instance)
-        params = params_for(instance)
-        params.check()
-        gen = instance.generate(params, stream=stream, genkey=genkey, abort=attempt.abort,
-                                on_start=attempt.mark_started)
-        started = Started(instance, params, load_seconds, began, lease=lease, attempt=attempt, serving=serving)
-        try:
-            if not stream:
-                async for item in gen:
-                    if isinstance(item, GenerationResult):
-                        started.result = item
-                return started
-            first = await anext(gen)
-        except BaseException:
-            await gen.aclose()
-            raise
-        started.first, started.rest = first, gen
+
+    async def admitted() -> Started:
+        a = await start_generation(serving.pool, model, params_for, stream=stream, genkey=genkey, abort=attempt.abort,
+                                   on_start=attempt.mark_started, on_ready=ready)
+        started = Started(a.instance, a.params, ready_at - began, began, lease=a.lease, attempt=attempt,
+                          serving=serving)
+        if stream:
+            started.first, started.rest = a.first, a.rest
+        else:
+            assert isinstance(a.first, GenerationResult)
+            started.result = a.first
+            await a.rest.aclose()  # type: ignore[attr-defined]
         return started
 
     try:
         started = await _until_answered(request, attempt, admitted())
     except BaseException:
-        if lease is not None:
-            lease.release()
         serving.attempts.discard(attempt)
         raise
     if not stream:

@@ -6,7 +6,9 @@ The instance is what every dialect talks to. It hides the worker's life from the
   concurrent loads share one start. A worker that dies by itself is reported to the pool
   (``on_exit``); the crash stays visible in ``last_exit``, ``restarts`` and the state.
 - **One generation at a time**, KoboldCpp ``--multiuser`` semantics: up to ``queue_limit`` requests
-  wait behind the running one, more get ``Busy`` (503).
+  wait behind the running one, more get ``Busy`` (503). A request whose worker ended while it waited
+  (a crash, a frozen worker killed by the heartbeat) gets ``RequestNotStarted``, not the crash: it never
+  ran, and the serving path runs it on the replacement (``warren/api/serving.py``).
 - **genkey**: KoboldCpp clients poll partial text (``/api/extra/generate/check``) and abort their own
   generation by key; an abort for a queued key is remembered and that request returns empty text. A
   request without a key is seen and aborted by nobody.
@@ -27,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from warren.errors import Busy, WarrenError, WorkerClosed, WorkerCrashed
+from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
@@ -272,14 +274,28 @@ class ModelInstance:
                        ) -> AsyncIterator[str | GenerationResult]:
         """Yield text pieces (when ``stream``) and finally the ``GenerationResult``. ``abort`` set ends the
         generation early (finish reason ``abort``), as KoboldCpp's abort by genkey does; ``on_start`` is told
-        when the request's turn has come (it was queued until then)."""
+        when the request's turn has come (it was queued until then).
+
+        ``RequestNotStarted`` when the worker this request queued for died by its turn (crashed, killed
+        as frozen or hung): it was never sent, so the caller may acquire the model again and retry it on
+        a new worker. A worker we stopped on purpose (shutdown) gives its ``WorkerClosed`` as before:
+        loading the model again would undo the stop."""
+        queued_for = self.handle
         async with self._turn():
-            if on_start is not None:
-                on_start()
             if genkey and genkey == self._pending_abort_key:
                 self._pending_abort_key = ""
                 yield GenerationResult("", FinishReason.ABORT, 0, 0, 0.0, 0.0, 0)
                 return
+            if queued_for is not None and (self.handle is not queued_for or not queued_for.alive):
+                await queued_for.exited.wait()  # its exit is classified before anyone acts on it
+                cause = queued_for.exit_error
+                if not isinstance(cause, WorkerCrashed):
+                    raise cause or WorkerClosed(f"model {self.name!r} was unloaded", model=self.name)
+                self._report_crash(queued_for)  # the pool must know before the caller acquires again
+                raise RequestNotStarted(f"the worker for model {self.name!r} ended before this request reached "
+                                        f"it ({cause.message})", cause=cause, model=self.name)
+            if on_start is not None:
+                on_start()
             handle = self.require_ready()
             self._running_key = genkey
             self._partial = []

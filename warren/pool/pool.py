@@ -37,7 +37,7 @@ from warren.gguf.estimate import WORKER_BASE_BYTES
 from warren.pool.events import EventBus
 from warren.pool.gpu_memory import GpuMemory
 from warren.pool.instance import InstanceState, ModelInstance
-from warren.pool.policy import Phase, PoolPolicy
+from warren.pool.policy import Phase, PoolPolicy, Resident
 from warren.settings import ModelSettings, ServerSettings
 from warren.worker.handle import WorkerHandle
 
@@ -84,11 +84,16 @@ def split_handle(name: str) -> tuple[str, int | None]:
 
 
 class Lease:
-    """One admitted request on one model. ``release()`` is idempotent and must always be called."""
+    """One admitted request on one model. ``release()`` is idempotent and must always be called.
 
-    def __init__(self, pool: Pool, instance: ModelInstance) -> None:
+    It counts on the policy's ``Resident`` it was granted on: when that instance is gone (a crash) and a
+    new one was admitted meanwhile, releasing an old lease must not take a request off the new count,
+    or the new instance could be evicted under a running request."""
+
+    def __init__(self, pool: Pool, instance: ModelInstance, resident: Resident | None = None) -> None:
         self.pool = pool
         self.instance = instance
+        self.resident = resident
         self._released = False
 
     async def ready(self) -> ModelInstance:
@@ -103,7 +108,9 @@ class Lease:
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self.pool.policy.released(self.instance.name, self.pool.clock())
+            current = self.pool.policy.residents.get(self.instance.name)
+            if self.resident is None or current is self.resident:
+                self.pool.policy.released(self.instance.name, self.pool.clock())
             self.pool._publish(self.instance, "usage")
 
     async def __aenter__(self) -> ModelInstance:
@@ -133,7 +140,7 @@ class Pool:
         self.active_name: str | None = catalog.active.name if catalog.active else None
         self.events = EventBus()
         self.evictions: dict[str, int] = {}
-        self._tickets: dict[int, asyncio.Future[str]] = {}
+        self._tickets: dict[int, asyncio.Future[Resident | None]] = {}
         self._ticket_ids = itertools.count(1)
         self._loads: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Task[None]] = {}
@@ -233,11 +240,11 @@ class Pool:
         self._check_loadable(entry)
         instance = self._instance(entry)
         ticket = next(self._ticket_ids)
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Resident | None] = asyncio.get_running_loop().create_future()
         self._tickets[ticket] = future
         self.policy.request(ticket, base, self._need(entry), self.clock(), park_need=self._park_need(entry))
         try:
-            await future
+            resident = await future
         except BaseException:
             # Given up while waiting (client gone, shutdown): the policy forgets the waiter, so nothing is
             # evicted or loaded for it; a grant that landed in the same instant is handed straight back.
@@ -248,7 +255,7 @@ class Pool:
             raise
         finally:
             self._tickets.pop(ticket, None)
-        return Lease(self, instance)
+        return Lease(self, instance, resident)
 
     def _check_handle(self, name: str, generation: int) -> None:
         inst = self.instances.get(name)
@@ -318,7 +325,7 @@ class Pool:
     def grant(self, ticket: int, model: str) -> None:
         future = self._tickets.get(ticket)
         if future is not None and not future.done():
-            future.set_result(model)
+            future.set_result(self.policy.residents.get(model))  # the resident this grant counted on
             asyncio.get_running_loop().call_soon(self._publish_usage, model)
         else:  # the client left while waiting: hand the admission straight back
             asyncio.get_running_loop().call_soon(self.policy.released, model, self.clock())

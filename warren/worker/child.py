@@ -4,10 +4,17 @@ Started by ``warren.worker.launcher`` as ``python -m warren.worker.child --fd N 
 interpreter (spawn semantics, never fork), so no supervisor state, thread or lock is inherited.
 
 Threads:
-- the **main thread** runs the engine (load, generate, tokenize) one request at a time, because a
+- the **main thread** runs the engine (load, generate, park) one request at a time, because a
   llama.cpp context serves one sequence here;
+- a **tokens thread** answers ``Tokenize`` and ``Detokenize`` beside a running generation, once the
+  engine says it can (``concurrent_tokens``): llama.cpp's tokenizer only reads the vocabulary's tables
+  and keeps its state per call (``llama_vocab::impl::tokenize`` is ``const``; llama.cpp's own server
+  tokenizes on its HTTP threads while the main loop decodes), and ctypes releases the GIL in both. So a
+  token count typed in KoboldAI Lite is answered in milliseconds, not after a minute-long generation.
+  They are not answered on the reader thread: tokenizing a 16 MB text there would hold up Pongs and
+  Cancels;
 - a **reader thread** answers ``Ping`` at once (so liveness checks work mid-generation), flags
-  ``Cancel`` for the running request, and queues everything else for the main thread. On EOF —
+  ``Cancel`` for the running request, and queues everything else for the other two. On EOF —
   the supervisor closed the channel or died — it ends the process at once: no orphan keeps the
   model's memory.
 
@@ -40,6 +47,7 @@ from warren.worker.prefault import Prefault
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 BATCH_INTERVAL = 0.25  # s between partial-text frames of a non-streamed generation
+TOKEN_FRAMES = (p.Tokenize, p.Detokenize)  # answered on the tokens thread when the engine allows it
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -78,7 +86,8 @@ class Worker:
     def __init__(self, channel: FrameSocket, engine: Engine) -> None:
         self.channel = channel
         self.engine = engine
-        self.inbox: queue.SimpleQueue[p.Frame] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[p.Frame] = queue.SimpleQueue()  # for the main thread
+        self.tokens: queue.SimpleQueue[p.Frame] = queue.SimpleQueue()  # for the tokens thread
         self.cancelled: set[int] = set()
         self.cancel_lock = threading.Lock()
 
@@ -94,8 +103,10 @@ class Worker:
                 elif isinstance(frame, p.Cancel):
                     with self.cancel_lock:
                         self.cancelled.add(frame.id)
+                elif isinstance(frame, TOKEN_FRAMES) and getattr(self.engine, "concurrent_tokens", False):
+                    self.tokens.put(frame)
                 else:
-                    self.inbox.put(frame)
+                    self.inbox.put(frame)  # before the model is loaded, token frames wait for the Load
         except (OSError, p.ProtocolError) as exc:
             print(f"warren worker: channel broken: {exc}", file=sys.stderr, flush=True)
         os._exit(0)  # EOF: the supervisor is gone or done with us
@@ -103,10 +114,11 @@ class Worker:
     def is_cancelled(self, request_id: int) -> Callable[[], bool]:
         return lambda: request_id in self.cancelled
 
-    # -- main thread ---------------------------------------------------------------------------------
-    def serve(self) -> None:
+    # -- main and tokens threads ----------------------------------------------------------------------
+    def serve(self, inbox: queue.SimpleQueue[p.Frame]) -> None:
+        """Answer the frames of ``inbox`` in order, each with its answer or a ``Failed`` frame."""
         while True:
-            frame = self.inbox.get()  # the worker ends on channel EOF (the reader thread), not here
+            frame = inbox.get()  # the worker ends on channel EOF (the reader thread), not here
             try:
                 self.channel.send(self.handle(frame))
             except WarrenError as exc:
@@ -201,8 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     engine = load_engine(args.engine)
     worker = Worker(channel, engine)
     channel.send(p.Hello(pid=os.getpid(), engine=args.engine))
+    threading.Thread(target=worker.serve, args=(worker.tokens,), name="warren-tokens", daemon=True).start()
     threading.Thread(target=worker.read_loop, name="warren-reader", daemon=True).start()
-    worker.serve()
+    worker.serve(worker.inbox)
     os._exit(0)
 
 

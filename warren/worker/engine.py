@@ -192,6 +192,14 @@ class LlamaEngine:
         return (L.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
 
     # -- tokens -------------------------------------------------------------------------------------
+    @property
+    def concurrent_tokens(self) -> bool:
+        """``tokenize``/``detokenize`` may run on another thread beside ``generate`` once a vocabulary is
+        loaded: llama.cpp's tokenizer only reads the vocabulary (its per-call state lives in a session
+        object; the piece cache is built at load), and these wrappers allocate their own buffers —
+        unlike ``_piece``, whose shared ``piece_buf`` only the generating thread uses."""
+        return self.vocab is not None
+
     def tokenize(self, text: str, special: bool = True, add_bos: bool = False) -> list[int]:
         raw = text.encode("utf-8")
         capacity = len(raw) + 8
@@ -296,8 +304,12 @@ class LlamaEngine:
                                 hint="shorten the prompt, or start the model with a larger --contextsize")
         return tokens
 
-    def _decode_prompt(self, tokens: list[int]) -> None:
-        """Decode what the cache lacks of ``tokens``: the shared prefix with the last request is reused."""
+    def _decode_prompt(self, tokens: list[int], cancelled: Callable[[], bool]) -> bool:
+        """Decode what the cache lacks of ``tokens``: the shared prefix with the last request is reused.
+
+        ``cancelled`` is asked between batches, so a Cancel (a client gone, an abort, a Park waiting
+        behind it) does not wait for a long prompt to be read. False when it stopped there; the cache
+        then holds the batches decoded so far, which the next request's prefix can still reuse."""
         n_keep = 0
         for a, b in zip(self.cached, tokens, strict=False):
             if a != b:
@@ -310,6 +322,8 @@ class LlamaEngine:
             n_keep = 0
         self.cached = tokens[:n_keep]
         for start in range(n_keep, len(tokens), self.n_batch):
+            if cancelled():
+                return False
             chunk = tokens[start : start + self.n_batch]
             arr = (L.llama_token * len(chunk))(*chunk)
             rc = L.llama_decode(self.ctx, L.llama_batch_get_one(arr, len(chunk)))
@@ -318,6 +332,7 @@ class LlamaEngine:
                 self.cached = []
                 raise WarrenError(f"llama_decode failed on the prompt (code {rc})")
             self.cached.extend(chunk)
+        return True
 
     def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
                  cancelled: Callable[[], bool]) -> GenerationResult:
@@ -328,10 +343,13 @@ class LlamaEngine:
         tokens = self._prepare_prompt(params)
         sampler = self._sampler(params, seed)
         try:
-            self._decode_prompt(tokens)
+            read = self._decode_prompt(tokens, cancelled)
             prompt_done = time.perf_counter()
             max_new = min(params.max_tokens, min(params.context_limit or self.n_ctx, self.n_ctx) - len(tokens))
-            reason, n_new, text = self._token_loop(sampler, params, max_new, emit, cancelled)
+            if read:
+                reason, n_new, text = self._token_loop(sampler, params, max_new, emit, cancelled)
+            else:
+                reason, n_new, text = FinishReason.ABORT, 0, ""
         finally:
             L.llama_sampler_free(sampler)
         return GenerationResult(text=text, finish_reason=reason, prompt_tokens=len(tokens),

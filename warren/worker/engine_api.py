@@ -30,5 +30,8 @@ class Engine(Protocol):
 
     # Optional: ``park()`` frees the context and the weights' pages and keeps the model, so that the next
     # ``load`` with the same model only creates a context (``warren/worker/parking.py``).
+    # Optional: ``concurrent_tokens`` (a bool, read per frame) true when ``tokenize``/``detokenize`` may run
+    # on another thread while ``generate`` runs; the worker then answers them beside a generation
+    # (``warren/worker/child.py``). Absent or false: they wait for the main thread.
 
     def detokenize(self, ids: list[int]) -> str: ...

@@ -11,6 +11,9 @@ Contracts:
 - When the process ends, every request still waiting gets an error: ``WorkerClosed`` if we stopped it,
   ``WorkerCrashed`` naming the model and the signal or exit status otherwise. The last lines of its
   stderr go to the log.
+- Only liveness kills a worker: the heartbeat's verdict (``warren/worker/liveness.py``: frozen, hung) and
+  the load timeout. Any other request that gets no answer in time — a Tokenize, a Park — fails alone
+  with ``Busy``: a request waiting its turn in the worker says nothing about whether the worker lives.
 - ``stop()`` closes the channel (the child exits on EOF), then escalates SIGTERM → SIGKILL and reaps.
   It survives cancellation, so it is safe in ``finally`` blocks.
 """
@@ -31,6 +34,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from warren.errors import (
+    Busy,
     InvalidRequest,
     WarrenError,
     WorkerClosed,
@@ -43,21 +47,26 @@ from warren.params import GenerationParams
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
 from warren.worker.environment import worker_environment
+from warren.worker.liveness import Liveness, LivenessRule, ProcessProbe, Verdict, read_proc_stat
 
 log = logging.getLogger(__name__)
 
 STDERR_LINES = 200  # enough for llama.cpp's load log and a crash's last words, small enough to keep per model
 HELLO_TIMEOUT = 60.0  # interpreter start + importing llama_cpp; seconds on a loaded machine
 LOAD_TIMEOUT = 600.0  # a large model from a slow disk
-HEARTBEAT_INTERVAL = 5.0
-HEARTBEAT_TIMEOUT = 15.0  # the reader thread answers pings even mid-decode; silence this long is a hang
+# The reader thread answers pings even mid-decode, so a Ping a second costs nothing and bounds how long a
+# stopped worker holds its queue: asked at the next beat, judged frozen FROZEN_AFTER (1.5 s) later.
+HEARTBEAT_INTERVAL = 1.0
+CALL_TIMEOUT = 60.0  # Tokenize/Detokenize/Park: past this the request fails (Busy); the worker is left alone
 STOP_GRACE = 3.0  # after EOF a healthy worker exits in milliseconds; a busy one gets this long
 
 
 class WorkerHandle:
     def __init__(self, settings: ModelSettings, *, heartbeat: bool = True, load_timeout: float = LOAD_TIMEOUT,
-                 heartbeat_interval: float = HEARTBEAT_INTERVAL, heartbeat_timeout: float = HEARTBEAT_TIMEOUT
-                 ) -> None:
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL, liveness: LivenessRule | None = None,
+                 probe: ProcessProbe = read_proc_stat) -> None:
+        """``liveness``: the heartbeat's thresholds; ``probe`` reads the worker process's state for the
+        verdict (``warren/worker/liveness.py``); another launcher passes its own."""
         self.settings = settings
         self.name = settings.name
         self.process: asyncio.subprocess.Process | None = None
@@ -74,14 +83,16 @@ class WorkerHandle:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self._kill_reason = ""
+        self._kill_kind = ""
         self._heartbeat = heartbeat
         self._beating: asyncio.Task[None] | None = None
         self._load_timeout = load_timeout
         self._heartbeat_interval = heartbeat_interval
-        self._heartbeat_timeout = heartbeat_timeout
+        self._liveness = Liveness(liveness)
+        self._probe = probe
         self.exit_error: WarrenError | None = None
         self.on_progress: Callable[[], None] | None = None
-        self.exit_kind = ""  # requested | crashed | oom_suspected | hung | unrunnable, once the process has ended
+        self.exit_kind = ""  # requested | crashed | oom_suspected | hung | frozen | unrunnable, once ended
         self.exited = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -121,7 +132,7 @@ class WorkerHandle:
         """``prefault_bytes``/``prefault_after``: see ``warren/worker/prefault.py``."""
         frame = await self._request(p.Load(id=next(self._ids), settings=self.settings.as_wire(),
                                            prefault_bytes=prefault_bytes, prefault_after=list(prefault_after)),
-                                   self._load_timeout)
+                                   self._load_timeout, kill_on_timeout=True)
         assert isinstance(frame, p.Ready)
         self.model_info = frame.model
         self.load_seconds = frame.load_seconds
@@ -133,12 +144,13 @@ class WorkerHandle:
 
     async def park(self) -> None:
         """Ask the worker to free its context and weights' pages, keeping the model (``Park``)."""
-        await self._request(p.Park(id=next(self._ids)), 60.0)
+        await self._request(p.Park(id=next(self._ids)), CALL_TIMEOUT)
 
-    async def kill(self, reason: str) -> None:
-        """End a misbehaving worker now; waiters get ``WorkerCrashed`` with ``reason``."""
-        log.error("killing worker model=%s pid=%s reason=%s", self.name, self.pid, reason)
-        self._kill_reason = reason
+    async def kill(self, reason: str, kind: str = "hung") -> None:
+        """End a misbehaving worker now; waiters get ``WorkerCrashed`` with ``reason``; ``kind`` becomes
+        its ``exit_kind`` (hung, frozen). SIGKILL ends a stopped process too."""
+        log.error("killing worker model=%s pid=%s kind=%s reason=%s", self.name, self.pid, kind, reason)
+        self._kill_reason, self._kill_kind = reason, kind
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
@@ -181,22 +193,30 @@ class WorkerHandle:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- requests -------------------------------------------------------------------------------------
-    async def _request(self, frame: p.Frame, timeout: float | None = None) -> p.Frame:
-        """Send a one-answer request and return its answer frame (or raise its error)."""
+    async def _request(self, frame: p.Frame, timeout: float | None = None, *, kill_on_timeout: bool = False
+                       ) -> p.Frame:
+        """Send a one-answer request and return its answer frame (or raise its error).
+
+        Past ``timeout`` only this request fails (``Busy``; a late answer is dropped by ``_read_frames``),
+        unless ``kill_on_timeout``: the load timeout is the one request whose silence means a hang."""
         queue = self._open(frame.id)
         try:
             await self._send(frame)
             item = await asyncio.wait_for(queue.get(), timeout)
         except TimeoutError:
+            if not kill_on_timeout:
+                raise Busy(f"the worker for model {self.name!r} did not answer {frame.type_name} within "
+                           f"{timeout:g} s; it is busy, and was left running", model=self.name) from None
             await self.kill(f"it did not answer {frame.type_name} within {timeout:g} s")
             raise self.exit_error or WorkerCrashed(f"the worker for model {self.name!r} hung") from None
         finally:
             self._pending.pop(frame.id, None)
         return self._unwrap(item)
 
-    async def call(self, frame_type: type[p.Frame], **fields: Any) -> Any:
-        """Tokenize/Detokenize and friends: one request, one ``Result``."""
-        frame = await self._request(frame_type(id=next(self._ids), **fields), 60.0)
+    async def call(self, frame_type: type[p.Frame], *, timeout: float = CALL_TIMEOUT, **fields: Any) -> Any:
+        """Tokenize/Detokenize and friends: one request, one ``Result``. The worker answers them on a
+        thread of their own, beside a running generation (``warren/worker/child.py``)."""
+        frame = await self._request(frame_type(id=next(self._ids), **fields), timeout)
         assert isinstance(frame, p.Result)
         return frame.value
 
@@ -264,11 +284,6 @@ class WorkerHandle:
         with contextlib.suppress(WarrenError, OSError):
             await self._send(p.Cancel(id=request_id))
 
-    async def ping(self, timeout: float | None = None) -> float:
-        started = time.perf_counter()
-        await self._request(p.Ping(id=next(self._ids)), timeout or self._heartbeat_timeout)
-        return time.perf_counter() - started
-
     def _open(self, request_id: int) -> asyncio.Queue[p.Frame | WarrenError]:
         if self.exit_error is not None:
             raise self.exit_error
@@ -309,6 +324,8 @@ class WorkerHandle:
                 if isinstance(frame, p.Hello):
                     if self._hello and not self._hello.done():
                         self._hello.set_result(frame)
+                elif isinstance(frame, p.Pong):
+                    self._liveness.ponged()
                 elif isinstance(frame, p.Progress):
                     self.progress = frame.fraction
                     log.info("loading model=%s progress=%d%%", self.name, round(frame.fraction * 100))
@@ -345,7 +362,7 @@ class WorkerHandle:
         else:
             how = reason or self._kill_reason or describe_exit(returncode)
             if reason or self._kill_reason:
-                self.exit_kind = "hung" if self._kill_reason else "crashed"
+                self.exit_kind = self._kill_kind if self._kill_reason and not reason else "crashed"
             elif cause := unrunnable_cause(returncode):
                 self.exit_kind = "unrunnable"  # no request provokes SIGILL/SIGBUS: the engine cannot run here
                 how += f": {cause}"
@@ -375,14 +392,31 @@ class WorkerHandle:
                 log.debug("worker model=%s: %s", self.name, text)
 
     async def _beat(self) -> None:
+        """Each interval: ask (a Ping) when the last one was answered, else judge the silence from the
+        process's state (``warren/worker/liveness.py``) and kill a frozen or hung worker."""
+        live, warned_for = self._liveness, None
         while self.alive:
             await asyncio.sleep(self._heartbeat_interval)
-            if not self.alive:
+            await asyncio.sleep(0)  # a Pong already in the socket buffer is read before any judgement
+            if not self.alive or self._writer is None or self._stopping:
+                return  # a worker being stopped is the stop escalation's to end
+            now = time.monotonic()
+            if not live.waiting:
+                live.pinged(now)
+                # No drain: a Ping is a few bytes, and this task must not wait behind a large frame
+                # another request is writing to a worker that may be stopped.
+                self._writer.write(p.encode(p.Ping(id=next(self._ids))))
+                continue
+            sample = self._probe(self.pid)
+            verdict = live.judge(now, sample)
+            if verdict is Verdict.WAIT and warned_for != live.asked_at:
+                warned_for = live.asked_at
+                log.warning("worker slow to answer Ping; waiting (starved of CPU?) model=%s pid=%s state=%s "
+                            "silent_s=%.1f", self.name, self.pid, sample.state if sample else "?",
+                            live.silent_for(now))
+            if verdict in (Verdict.FROZEN, Verdict.HUNG):
+                await self.kill(live.explain(verdict, now, sample), kind=verdict.value)
                 return
-            try:
-                await self.ping()
-            except WarrenError:
-                return  # _request already killed the worker and logged why
 
     def _tail_hint(self) -> str:
         last = [line for line in self.stderr_tail if line.strip()][-3:]
