@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 MODEL_FILE_SUFFIXES = (".gguf", ".kcpps", ".kcppt")
 # Keys that belong to the server, not to a model: a catalog entry or .kcpps cannot change them.
 SERVER_KEYS = ("port", "host", "password", "adminpassword", "admin", "admindir", "multiuser", "maxrequestsize",
-               "defaultgenamt", "genlimit", "quiet", "debugmode", "nomodel", "config", "exportconfig", "analyze")
+               "defaultgenamt", "genlimit", "quiet", "debugmode", "nomodel", "config", "exportconfig", "analyze",
+               "maxconnections", "headertimeout", "bodytimeout")
 POLICY_KEYS = ("pinned", "keep_alive", "priority")
 
 

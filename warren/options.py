@@ -130,6 +130,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("corsorigins", ("--cors-origins", "--corsorigins"), K.STRS, ["*"],
            "Origins browsers may call the API from (KoboldCpp answers every origin: *). Give none to send no "
            "CORS headers."),
+    Option("maxconnections", ("--max-connections", "--maxconnections"), K.INT, 64,
+           "Requests served at once (streams included); more get a 503 at once. Bounds the server's own memory "
+           "with the request-size limit."),
+    Option("headertimeout", ("--header-timeout", "--headertimeout"), K.FLOAT, 10.0,
+           "Seconds a client may take to send a request's headers; a slower connection is closed."),
+    Option("bodytimeout", ("--body-timeout", "--bodytimeout"), K.FLOAT, 30.0,
+           "Seconds a client may pause while sending a request's body; a slower one gets a 408."),
     # -- GUI-only, accepted --------------------------------------------------------------------------
     Option("showgui", ("--showgui",), K.FLAG, False, support=A, reason=_GUI),
     Option("skiplauncher", ("--skiplauncher",), K.FLAG, False, support=A, reason=_GUI),

@@ -64,6 +64,9 @@ class ServerSettings:
     warm_spare: bool = True
     park: bool = True  # park evicted models when their parked footprint fits (warren/pool/policy.py)
     cors_origins: tuple[str, ...] = ("*",)
+    max_connections: int = 64  # requests served at once (warren/api/connections.py)
+    header_timeout: float = 10.0  # seconds to send a request's headers
+    body_timeout: float = 30.0  # seconds a body may pause between chunks
 
     @property
     def queue_limit(self) -> int:

@@ -211,6 +211,15 @@ def rule_request_size(ctx: RuleContext) -> Iterator[Finding]:
         yield err(f"--maxrequestsize {ctx.opts['maxrequestsize']} MB is outside [1, 1024]", "the default is 32")
 
 
+def rule_connections(ctx: RuleContext) -> Iterator[Finding]:
+    if not 1 <= ctx.opts["maxconnections"] <= 100_000:
+        yield err(f"--max-connections {ctx.opts['maxconnections']} is outside [1, 100000]", "the default is 64")
+    for key, flag in (("headertimeout", "--header-timeout"), ("bodytimeout", "--body-timeout")):
+        value = ctx.opts[key]
+        if not (value > 0 and value <= 3600):
+            yield err(f"{flag} {value} is not a number of seconds in (0, 3600]", "the defaults are 10 and 30")
+
+
 def rule_passwords(ctx: RuleContext) -> Iterator[Finding]:
     for key in ("password", "adminpassword"):
         value = ctx.opts[key]
@@ -308,7 +317,8 @@ def rule_mlock_limit(ctx: RuleContext) -> Iterator[Finding]:
 
 RULES: tuple[Rule, ...] = (
     rule_context_size, rule_batch_size, rule_default_gen_amount, rule_gen_limit, rule_threads, rule_quant_kv,
-    rule_rope, rule_mmap_mlock, rule_port, rule_multiuser, rule_request_size, rule_passwords, rule_admin_dir, rule_pool,
+    rule_rope, rule_mmap_mlock, rule_port, rule_multiuser, rule_request_size, rule_connections, rule_passwords,
+    rule_admin_dir, rule_pool,
     rule_model_given, rule_model_file, rule_context_vs_training, rule_gpu_layers, rule_mlock_limit,
 )
 
@@ -388,6 +398,9 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
         warm_spare=not o["nowarmspare"],
         park=not o["nopark"],
         cors_origins=tuple(o["corsorigins"] or ()),
+        max_connections=o["maxconnections"],
+        header_timeout=o["headertimeout"],
+        body_timeout=o["bodytimeout"],
     )
     model = None
     if ctx.gguf is not None:

@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from warren import __version__
 from warren.api.admin import router as admin_router
 from warren.api.browser import BrowserGuard, is_loopback
+from warren.api.connections import RequestCap
 from warren.api.deps import key_matches, operator_key
 from warren.api.errors import install_error_handlers
 from warren.api.kobold.routes import router as kobold_router
@@ -77,5 +78,6 @@ def create_app(pool: Pool, *, preload: bool = True) -> FastAPI:
     app.add_middleware(BrowserGuard, loopback_only=is_loopback(pool.server.host),
                        cors_origins=pool.server.cors_origins, has_admin_key=lambda h: bool(key) and key_matches(h, key))
     app.add_middleware(JsonBodies)
-    app.add_middleware(BodyLimit, max_bytes=pool.server.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=pool.body_limit, idle_timeout=pool.server.body_timeout)
+    app.add_middleware(RequestCap, limit=pool.server.max_connections)
     return app

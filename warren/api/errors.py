@@ -108,6 +108,8 @@ async def send_error(scope: Scope, send: Send, error: WarrenError) -> None:
     """Answer ``error`` in the route's dialect straight from an ASGI middleware (before any routing)."""
     body = json.dumps(error_body(dialect_of(scope["path"]), error)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if isinstance(error, Busy):
+        headers.append((b"retry-after", str(error.retry_after).encode()))
     await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -17,6 +17,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from warren.api.connections import server_options
 from warren.api.serving import DRAIN_GRACE, Serving
 
 UVICORN_GRACE = DRAIN_GRACE + 5.0  # seconds: past warren's own grace, so uvicorn cancels nothing
@@ -24,8 +25,10 @@ UVICORN_GRACE = DRAIN_GRACE + 5.0  # seconds: past warren's own grace, so uvicor
 
 class WarrenServer(uvicorn.Server):
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        s = app.state.pool.server
         super().__init__(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                        timeout_graceful_shutdown=int(UVICORN_GRACE)))
+                                        timeout_graceful_shutdown=int(UVICORN_GRACE),
+                                        **server_options(s.header_timeout)))
         self.serving: Serving = app.state.serving
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -50,6 +50,8 @@ CRASH_LOOP_LIMIT = 4  # this many crashes within the window quarantine the model
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0  # seconds before restarting after the n-th crash: base * 2**(n-1)
 SPARE_DELAY = 0.2  # seconds after a load before the next warm spare starts (let its first request run)
 MEASURE_DELAY = 0.3  # seconds after a load before its first memory measurement (likewise)
+BYTES_PER_TOKEN = 32  # a token is ~4 characters of text; JSON escapes and UTF-8 take a few times that at most
+BODY_SLACK = 2**20  # on top of the prompt: the rest of a request's JSON (messages, samplers, grammars)
 
 
 def measure_footprint(pid: int) -> int:
@@ -507,6 +509,14 @@ class Pool:
         if generation is not None:
             self._check_handle(base, generation)
         return self.policy.unload(base, reason, self.clock())
+
+    def body_limit(self) -> int:
+        """The largest request body worth reading: ``--maxrequestsize``, lowered to what a prompt for the
+        largest context in the catalog could take (``BYTES_PER_TOKEN`` a token, generously, plus room for
+        a chat's JSON), so a body that could never be a prompt is refused before it is buffered."""
+        contexts = [e.settings.context_size for e in self.catalog.entries.values() if e.settings is not None]
+        prompt = max(contexts, default=8192) * BYTES_PER_TOKEN + BODY_SLACK
+        return min(self.server.max_request_bytes, prompt)
 
     def protected(self, name: str) -> bool:
         """Set by the operator to stay: pinned (catalog or pool API) or the active model."""
