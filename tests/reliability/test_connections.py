@@ -3,9 +3,9 @@ than any prompt is refused before it is buffered, and requests beyond the cap ge
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,10 +49,8 @@ def test_connections_that_send_their_headers_too_slowly_are_closed(srv: Server) 
     def trickle() -> None:  # a byte every 0.5 s: never enough to finish the headers in time
         while not stop.wait(0.5):
             for s in sockets:
-                try:
+                with contextlib.suppress(OSError):
                     s.sendall(b"s")
-                except OSError:
-                    pass
 
     feeder = threading.Thread(target=trickle)
     feeder.start()
