@@ -17,9 +17,10 @@ from warren.api import sse
 from warren.api.deps import bearer_ok, get_instance, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.kobold.schemas import DetokenizeRequest, GenerateRequest, GenKeyRequest, TokenizeRequest
-from warren.api.kobold.translate import finish_reason, to_params
+from warren.api.kobold.translate import constraints, finish_reason, to_params
 from warren.api.streaming import Item, start_generation, stream_events
 from warren.errors import WarrenError
+from warren.grammar import vet_request
 from warren.params import GenerationResult
 from warren.pool.instance import ModelInstance
 from warren.pool.pool import Pool
@@ -127,6 +128,7 @@ def _result_body(r: GenerationResult) -> dict[str, Any]:
 @_post(_both("/generate"), dependencies=protected)
 async def generate(body: GenerateRequest, request: Request) -> dict[str, Any]:
     pool = get_pool(request)
+    await vet_request(constraints(body))
     async with await pool.acquire(model_from_path(request)) as instance:
         params = to_params(body, pool.server, instance.context_size)
         return _result_body(await instance.complete(params, genkey=body.genkey))
@@ -135,6 +137,7 @@ async def generate(body: GenerateRequest, request: Request) -> dict[str, Any]:
 @_post(["/api/extra/generate/stream"], dependencies=protected)
 async def generate_stream(body: GenerateRequest, request: Request) -> StreamingResponse:
     pool = get_pool(request)
+    await vet_request(constraints(body))
     lease = await pool.acquire(model_from_path(request))
     try:
         instance = await lease.ready()

@@ -22,6 +22,7 @@ from warren.api.ollama import translate as t
 from warren.api.ollama.schemas import Base, ChatRequest, GenerateRequest, ShowRequest
 from warren.api.streaming import Item, start_generation, stream_events
 from warren.errors import InvalidRequest, WarrenError
+from warren.grammar import vet_request
 from warren.params import GenerationParams, GenerationResult
 from warren.pool.instance import ModelInstance
 from warren.pool.policy import Phase
@@ -106,6 +107,7 @@ async def _serve(request: Request, req: Base, empty: bool, make_params: Callable
         pool.catalog.get(t.model_name(name))
         pool.unload(name, "keep_alive 0")
         return {**head, **empty_reply, "done": True, "done_reason": "unload"}
+    await vet_request(t.constraints(req))
     started = time.perf_counter()
     lease = await pool.acquire(name)
     handed_over = False  # a stream releases the lease itself, when it ends
