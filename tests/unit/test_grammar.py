@@ -53,7 +53,8 @@ REFUSED = [
     ('root ::= ("")*', "the rule 'root(…)' is left-recursive"),
     (alternatives(20_000), "the rule 'root' can begin in 20,000 different ways; the limit is 1,024"),
     (doubling(22), "can begin through 8,388,608 paths of rule references; the limit is 50,000"),
-    (left_chain(GRAMMAR_MAX_LEFT_DEPTH + 100), "begins with a chain of 5,102 rule references; the limit is 5,000"),
+    (left_chain(GRAMMAR_MAX_LEFT_DEPTH + 100), f"begins with a chain of {GRAMMAR_MAX_LEFT_DEPTH + 102:,} rule "
+                                               f"references; the limit is {GRAMMAR_MAX_LEFT_DEPTH:,}"),
     ('root ::= "' + "x" * 60_000 + '"{2000}', "the grammar expands to more than 500,000 elements"),
     ('root ::= ("a" ("b"){0,50}){0,50}', "would make 2,600 copies of rules; llama.cpp allows 2,000"),
     ('x ::= "a" root{0}', "the grammar has no 'root' rule"),  # llama.cpp: SIGSEGV, it indexes past its rules
@@ -108,6 +109,7 @@ HAND_WRITTEN = [
     'root ::= [0-9]{0,2000}',
     'root ::= "x"{1,}',
     nested(2_000),
+    left_chain(GRAMMAR_MAX_LEFT_DEPTH - 2),
     alternatives(1_024),
     "# a comment\r\nroot ::= \"a\" | # another\r\n  \"b\"\r\n",
     'root ::= "é" [ぁ-ゟ] "\\U0001F600"',
@@ -200,3 +202,17 @@ def test_check_request_names_the_field() -> None:
     assert info.value.message == "format: the JSON schema at / has an enum of 20,000 values; the limit is 512"
     assert info.value.details["param"] == "format"
     check_request(Constraints())  # nothing to check
+
+
+async def test_vet_request_checks_in_a_thread_and_only_when_there_is_something_to_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 256 KB grammar takes ~0.3 s to check: that must not stall the event loop (heartbeats, streams)."""
+    import threading
+
+    import warren.grammar
+
+    threads: list[threading.Thread] = []
+    monkeypatch.setattr(warren.grammar, "check_request", lambda c: threads.append(threading.current_thread()))
+    await warren.grammar.vet_request(Constraints(grammar='root ::= "a"'))
+    await warren.grammar.vet_request(Constraints())
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
