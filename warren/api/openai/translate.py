@@ -30,16 +30,17 @@ def response_schema(req: Sampling) -> dict[str, Any] | None:
     fmt = getattr(req, "response_format", None) or {}
     kind = fmt.get("type", "text")
     if kind == "json_object":
-        return JSON_OBJECT_SCHEMA
+        return dict(JSON_OBJECT_SCHEMA)
     if kind == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise InvalidRequest("response_format json_schema needs json_schema.schema, an object",
                                  param="response_format")
         return schema
     if kind != "text":
-        raise InvalidRequest(f"response_format type {kind!r} is not supported (use text, json_object or "
-                             "json_schema)", param="response_format")
+        raise InvalidRequest(f"response_format type {str(kind)[:40]!r} is not supported (use text, json_object "
+                             "or json_schema)", param="response_format")
     return None
 
 
