@@ -9,6 +9,8 @@ the tree once, at its boundary (``warren/api/errors.py``), to its own error body
     WarrenError                      status  meaning
     ├── InvalidRequest                 400   a request field is wrong (range, type, grammar …)
     │   ├── PromptTooLong              400   the prompt does not fit the context window
+    │   ├── GrammarRejected            400   a grammar or JSON schema llama.cpp must not be given
+    │   ├── RequestRefused             400   this exact request crashed a worker before
     │   ├── RequestTimeout             408   the client sent its body too slowly
     │   └── BodyTooLarge               413   the body is over the request-size limit
     ├── Unauthorized                   401   missing or wrong Bearer key
@@ -83,6 +85,20 @@ class InvalidRequest(WarrenError):
 
 class PromptTooLong(InvalidRequest):
     code = "context_length_exceeded"
+
+
+class GrammarRejected(InvalidRequest):
+    """A grammar or JSON schema that is malformed, or that could crash, hang or stall llama.cpp
+    (``warren/grammar``). ``details["param"]`` names the request field it came from."""
+
+    code = "invalid_grammar"
+
+
+class RequestRefused(InvalidRequest):
+    """The same request (by content fingerprint, ``warren/pool/culprits.py``) crashed this model's
+    worker earlier; it is refused instead of being allowed to crash it again."""
+
+    code = "request_refused"
 
 
 class RequestTimeout(InvalidRequest):

@@ -11,6 +11,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from warren.bounds import STOP_MAX_CHARS, STOP_MAX_COUNT, TOKEN_ID_LIMIT
 from warren.errors import InvalidRequest
 
 
@@ -19,12 +20,6 @@ class FinishReason(enum.StrEnum):
     STOP_SEQUENCE = "stop_sequence"  # one of the request's stop strings
     LENGTH = "length"  # max tokens or context full
     ABORT = "abort"  # cancelled (KoboldCpp abort, client gone)
-
-
-# Bounds on what a request may ask of a worker, whatever its dialect (each dialect's schema may be tighter).
-STOP_MAX_COUNT = 256  # KoboldCpp's own cap on stop_sequence
-STOP_MAX_CHARS = 16384  # all stop strings together: the stop matcher's automaton is built per request
-TOKEN_ID_LIMIT = 2**31  # token ids are int32 in llama.cpp; larger keys cannot even cross to the worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +51,8 @@ class GenerationParams:
     truncate_prompt: bool = False  # KoboldCpp drops the oldest prompt tokens; OpenAI refuses instead
 
     def check(self) -> None:
-        """The bounds every dialect shares; ``InvalidRequest`` (a 400 in the dialect's shape) names the field.
-        Stop strings: matching costs a few steps per character whatever their number (``worker/stops.py``),
-        and building the matcher is linear in their total length, ~25 ms at ``STOP_MAX_CHARS``."""
+        """The bounds every dialect shares (``warren/bounds.py``, with their reasons); ``InvalidRequest`` (a
+        400 in the dialect's shape) names the field."""
         if len(self.stop) > STOP_MAX_COUNT:
             raise InvalidRequest(f"{len(self.stop)} stop strings: at most {STOP_MAX_COUNT}", param="stop")
         total = sum(len(s) for s in self.stop)

@@ -12,6 +12,7 @@ import mmap
 import os
 import platform
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -107,6 +108,30 @@ class AbortEngine(CrashEngine):
     signal_name = "SIGABRT"
 
 
+class CrashOnMarkerEngine(FakeEngine):
+    """Aborts (SIGABRT, as llama.cpp on a bad grammar) when the prompt or the grammar says CRASH: a
+    crash that one request causes and others do not."""
+
+    def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
+                 cancelled: Callable[[], bool]) -> GenerationResult:
+        if "CRASH" in params.prompt or "CRASH" in params.grammar:
+            os.abort()
+        return super().generate(params, emit, cancelled)
+
+
+class CrashAfterReadyEngine(FakeEngine):
+    """Dies of SIGSEGV 50 ms after its load, while idle: a model that fails without any request."""
+
+    def load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Any = None
+             ) -> dict[str, Any]:
+        def crash() -> None:
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGSEGV)
+
+        threading.Thread(target=crash, daemon=True).start()
+        return super().load(settings, progress, prefault)
+
+
 class FailLoadEngine(FakeEngine):
     def load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Any = None
              ) -> dict[str, Any]:
@@ -169,5 +194,6 @@ class IllegalInstructionEngine(FakeEngine):
 # Engine specs name these by short name: "tests.fakes.fake_engine:<name>" (a class is its own factory).
 fake, slow, crash_segv, crash_abort = FakeEngine, SlowEngine, CrashEngine, AbortEngine
 long, slow_tokenize = LongEngine, SlowTokenizeEngine
+crash_on_marker, crash_after_ready = CrashOnMarkerEngine, CrashAfterReadyEngine
 fail_load, hang_load, garbage, wedged = FailLoadEngine, HangLoadEngine, GarbageEngine, WedgedEngine
 illegal_instruction = IllegalInstructionEngine

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from warren.errors import PromptTooLong, WarrenError, WorkerCrashed
+from warren.errors import GrammarRejected, PromptTooLong, WarrenError, WorkerCrashed
 from warren.params import FinishReason, GenerationParams
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
@@ -76,6 +77,46 @@ async def test_grammar_constrains_output(worker: WorkerHandle) -> None:
     params = GenerationParams(prompt="Is the sky blue? Answer:", grammar='root ::= " yes" | " no"', **GREEDY)
     _, done = await run(worker, params, stream=False)
     assert done.text in (" yes", " no")
+
+
+@pytest.mark.parametrize(("params", "words"), [
+    (dict(grammar="root ::= [z-a]"), "the grammar: the character range [z-a] is empty"),
+    (dict(grammar="root ::= <[99999]>"), "outside this model's vocabulary [0, 49152)"),
+    (dict(grammar="root ::= <|im_end|>"), "ends generation"),
+    (dict(grammar="root ::= <|no such token|>"), "is not a single token of this model"),
+    (dict(json_schema='{"type": "string", "maxLength": 10000000}'), "maxLength at / must be a whole number"),
+    (dict(json_schema='{"type": "string", "pattern": "no anchors"}'), "cannot be turned into a grammar"),
+    # A valid grammar whose only start this request bans: llama.cpp would abort on it (no static check sees it).
+    (dict(grammar='root ::= "a"', banned_strings=("a",)), "allows no token to start with"),
+])
+async def test_the_worker_checks_every_grammar_before_llama_cpp(worker: WorkerHandle, params: dict[str, object],
+                                                                words: str) -> None:
+    """The supervisor checks grammars first; the worker checks them again with its vocabulary (and the
+    grammars made from schemas), so a request that got past the supervisor still cannot crash it."""
+    with pytest.raises(GrammarRejected, match=re.escape(words)):
+        await run(worker, GenerationParams(prompt="x", **GREEDY, **params), stream=False)  # type: ignore[arg-type]
+    _, done = await run(worker, GenerationParams(prompt="x", temperature=0.0, max_tokens=2), stream=False)
+    assert worker.alive and done.completion_tokens == 2
+
+
+async def test_a_grammar_at_a_dead_end_ends_the_generation(worker: WorkerHandle) -> None:
+    """``root ::= "a"`` with ban_eos: after "a" only end-of-generation is allowed, and it is banned.
+    llama.cpp aborts the process there ("Unexpected empty grammar stack"); warren stops cleanly."""
+    params = GenerationParams(prompt="Say a letter:", grammar='root ::= "a"', ban_eos=True, temperature=0.0,
+                              max_tokens=8)
+    tokens, done = await run(worker, params, stream=True)
+    assert done.text == "a" == "".join(tokens) and done.finish_reason == FinishReason.STOP
+    assert worker.alive
+
+
+async def test_sampling_with_a_grammar_is_seeded_like_without(worker: WorkerHandle) -> None:
+    """Requests with a grammar sample in two steps; with a seed they are as repeatable as the one-call path."""
+    params = GenerationParams(prompt="Pick some letters:", grammar="root ::= [a-z ]+", temperature=1.0, top_k=40,
+                              top_p=0.9, seed=7, max_tokens=12)
+    _, first = await run(worker, params, stream=False)
+    _, second = await run(worker, params, stream=False)
+    assert first.text == second.text and first.completion_tokens == 12
+    assert set(first.text) <= set("abcdefghijklmnopqrstuvwxyz ")
 
 
 async def test_tokenize_round_trip(worker: WorkerHandle) -> None:

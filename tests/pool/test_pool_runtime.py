@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from warren.catalog import Catalog, CatalogEntry
-from warren.errors import HandleGone, Quarantined, WorkerCrashed
+from warren.errors import HandleGone, Quarantined, RequestRefused, WorkerCrashed
 from warren.gguf.estimate import MemoryEstimate
 from warren.params import GenerationParams, GenerationResult
 from warren.pool import pool as pool_module
@@ -69,14 +69,27 @@ async def generate(pool: Pool, name: str, n: int = 5) -> str:
         return (await instance.complete(GenerationParams(prompt="x", max_tokens=n))).text
 
 
-async def test_crash_restarts_with_backoff_then_quarantines(make_pool, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+async def wait_for_crashes(pool: Pool, name: str, n: int) -> dict:  # type: ignore[type-arg]
+    import asyncio
+
+    for _ in range(400):
+        status = pool.describe(name)
+        if status["crashes"] >= n and status["state"] == "crashed":
+            return status
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{name} did not crash {n} times: {pool.describe(name)}")
+
+
+async def test_a_model_that_crashes_by_itself_restarts_with_backoff_then_is_quarantined(  # type: ignore[no-untyped-def]
+        make_pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quarantine is for models that fail without a hostile request: this one dies while idle."""
     monkeypatch.setattr(pool_module, "BACKOFF_BASE", 0.01)
-    pool = await make_pool([entry("crashy", "crash_segv")])
+    pool = await make_pool([entry("crashy", "crash_after_ready")])
     for attempt in range(pool_module.CRASH_LOOP_LIMIT):
-        with pytest.raises(WorkerCrashed, match="killed by SIGSEGV"):
-            await generate(pool, "crashy", 10)
-        status = pool.describe("crashy")
-        assert status["crashes"] == attempt + 1 and status["last_exit_kind"] == "crashed"
+        async with await pool.acquire("crashy"):
+            pass
+        status = await wait_for_crashes(pool, "crashy", attempt + 1)
+        assert status["last_exit_kind"] == "crashed" and "killed by SIGSEGV" in status["last_exit"]
     with pytest.raises(Quarantined, match="crashed 4 times"):
         await generate(pool, "crashy", 10)
     assert pool.describe("crashy")["state"] == "crashed"
@@ -84,6 +97,36 @@ async def test_crash_restarts_with_backoff_then_quarantines(make_pool, monkeypat
     # An operator's explicit load lifts the quarantine (and it crashes again, which is honest).
     instance = await pool.load("crashy")
     assert instance.generation == pool_module.CRASH_LOOP_LIMIT + 1
+
+
+async def test_a_crash_during_a_request_is_charged_to_it_not_to_the_model(make_pool) -> None:  # type: ignore[no-untyped-def]
+    """Requests that crash the worker (llama.cpp aborting on what they asked for) never quarantine the
+    model, however many; each is refused when it comes again, and other requests are served."""
+    pool = await make_pool([entry("m", "crash_on_marker")])
+    for i in range(pool_module.CRASH_LOOP_LIMIT + 2):
+        with pytest.raises(WorkerCrashed, match="SIGABRT"):
+            await generate_params(pool, "m", GenerationParams(prompt=f"CRASH {i}", max_tokens=3))
+    assert await generate(pool, "m", 3) == " t0 t1 t2"  # not quarantined
+    pid = pool.describe("m")["pid"]
+    with pytest.raises(RequestRefused, match="this request crashed the worker of model 'm' before .*SIGABRT"):
+        await generate_params(pool, "m", GenerationParams(prompt="CRASH 0", max_tokens=3, seed=99))
+    assert pool.describe("m")["pid"] == pid  # refused before it reached the worker
+    # A grammar that crashed it is refused whatever the prompt: its constraint fingerprint matches.
+    with pytest.raises(WorkerCrashed):
+        await generate_params(pool, "m", GenerationParams(prompt="x", grammar='root ::= "CRASH"', max_tokens=3))
+    with pytest.raises(RequestRefused):
+        await generate_params(pool, "m", GenerationParams(prompt="y", grammar='root ::= "CRASH"', max_tokens=3))
+    status = pool.describe("m")
+    assert status["crashes"] == pool_module.CRASH_LOOP_LIMIT + 3 and "quarantined" not in status
+    assert status["culprits"] == pool_module.CRASH_LOOP_LIMIT + 2 + 2  # one fingerprint each, two for the grammar
+    # An operator's load forgets them.
+    await pool.load("m")
+    assert pool.describe("m")["culprits"] == 0
+
+
+async def generate_params(pool: Pool, name: str, params: GenerationParams) -> str:
+    async with await pool.acquire(name) as instance:
+        return (await instance.complete(params)).text
 
 
 async def test_a_crash_frees_the_budget_for_another_model(make_pool) -> None:  # type: ignore[no-untyped-def]

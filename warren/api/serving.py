@@ -32,6 +32,7 @@ from fastapi.responses import StreamingResponse
 
 from warren.api.errors import redacted
 from warren.errors import ClientGone, ServerStopping, WarrenError
+from warren.grammar import Constraints, vet_request
 from warren.params import GenerationParams, GenerationResult
 from warren.pool.instance import ModelInstance
 from warren.pool.pool import Lease, Pool
@@ -206,17 +207,21 @@ class _GenerationResponse(StreamingResponse):
 ParamsFor = Callable[[ModelInstance], GenerationParams]
 
 
-async def generate(request: Request, model: str | None, params_for: ParamsFor, *, stream: bool, genkey: str = "",
+async def generate(request: Request, model: str | None, params_for: ParamsFor, *, stream: bool,
+                   constraints: Constraints | None = None, genkey: str = "",
                    on_ready: Callable[[ModelInstance], None] | None = None) -> Started:
     """Admit a generation on ``model`` (a name, a handle, or None for the active model) and start it.
 
     Not streamed: returns when the whole result is there (``Started.result``), the lease released. Streamed:
     returns once the first item is there (so an error up front is still an ordinary HTTP error), and the
     caller hands ``Started.events(...)`` to a ``StreamingResponse``, which releases the lease at its end.
-    ``on_ready`` sees the instance before the generation (Ollama's keep-alive)."""
+    ``on_ready`` sees the instance before the generation (Ollama's keep-alive). ``constraints`` (a grammar or
+    JSON schema) are checked first, off the event loop: a hostile one never gets a model loaded."""
     serving = serving_of(request)
     if serving.draining:
         raise ServerStopping()
+    if constraints is not None:
+        await vet_request(constraints)
     attempt = Attempt()
     serving.attempts.add(attempt)
     began = time.perf_counter()

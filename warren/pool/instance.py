@@ -12,6 +12,9 @@ The instance is what every dialect talks to. It hides the worker's life from the
 - **genkey**: KoboldCpp clients poll partial text (``/api/extra/generate/check``) and abort their own
   generation by key; an abort for a queued key is remembered and that request returns empty text. A
   request without a key is seen and aborted by nobody.
+- **Culprits**: a request whose fingerprint crashed this model's worker before is refused
+  (``warren/pool/culprits.py``); a crash during a generation is reported with that generation's
+  parameters, so the pool charges it to the request.
 
 Admission, eviction and keep-alive are the pool's (``warren/pool/policy.py``); this class only runs
 one model's worker and its requests.
@@ -31,6 +34,7 @@ from typing import Any
 
 from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed
 from warren.params import FinishReason, GenerationParams, GenerationResult
+from warren.pool.culprits import Culprits
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
 from warren.worker.handle import WorkerHandle
@@ -69,11 +73,15 @@ KOBOLD_STOP_REASON = {FinishReason.LENGTH: 0, FinishReason.STOP: 1, FinishReason
 
 class ModelInstance:
     def __init__(self, settings: ModelSettings, *, queue_limit: int = 6, heartbeat: bool = True,
-                 on_exit: Callable[[ModelInstance, WarrenError], None] | None = None,
-                 on_progress: Callable[[ModelInstance], None] | None = None) -> None:
+                 on_exit: Callable[[ModelInstance, WarrenError, GenerationParams | None], None] | None = None,
+                 on_progress: Callable[[ModelInstance], None] | None = None, culprits: Culprits | None = None
+                 ) -> None:
         self.settings = settings
         self.on_progress = on_progress  # told as the worker reports load progress
-        self.on_exit = on_exit  # told when a worker ends by itself (crash), not when we stop it
+        # Told when a worker ends by itself (crash), not when we stop it, with the generation that was
+        # running if the crash happened during one ("crashed" exits only).
+        self.on_exit = on_exit
+        self.culprits = culprits
         self.name = settings.name
         self.queue_limit = queue_limit
         self.heartbeat = heartbeat
@@ -234,7 +242,7 @@ class ModelInstance:
         self.last_exit = handle.exit_error.message
         self.last_exit_kind = handle.exit_kind or "crashed"
         if self.on_exit is not None:
-            self.on_exit(self, handle.exit_error)
+            self.on_exit(self, handle.exit_error, handle.crashed_during)
 
     def _record_exit(self, handle: WorkerHandle) -> None:
         if handle.exit_error is not None and isinstance(handle.exit_error, WorkerCrashed):
@@ -281,6 +289,8 @@ class ModelInstance:
         a new worker. A worker we stopped on purpose (shutdown) gives its ``WorkerClosed`` as before:
         loading the model again would undo the stop."""
         queued_for = self.handle
+        if self.culprits is not None:
+            self.culprits.check(self.name, params)
         async with self._turn():
             if genkey and genkey == self._pending_abort_key:
                 self._pending_abort_key = ""

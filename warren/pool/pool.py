@@ -34,6 +34,8 @@ from warren.errors import (
     WorkerLoadFailed,
 )
 from warren.gguf.estimate import WORKER_BASE_BYTES
+from warren.params import GenerationParams
+from warren.pool.culprits import Culprits
 from warren.pool.events import EventBus
 from warren.pool.gpu_memory import GpuMemory
 from warren.pool.instance import InstanceState, ModelInstance
@@ -48,6 +50,9 @@ MEASURE_EVERY = 5  # ticks between memory measurements and catalog rescans
 CRASH_WINDOW = 120.0  # crashes older than this are forgotten
 CRASH_LOOP_LIMIT = 4  # this many crashes within the window quarantine the model
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0  # seconds before restarting after the n-th crash: base * 2**(n-1)
+# After crashes charged to requests: short, so one client's bad requests cannot hold the model off for
+# everyone, yet a burst of them cannot make the worker restart back to back.
+CHARGED_BACKOFF_BASE, CHARGED_BACKOFF_MAX = 0.25, 2.0
 SPARE_DELAY = 0.2  # seconds after a load before the next warm spare starts (let its first request run)
 MEASURE_DELAY = 0.3  # seconds after a load before its first memory measurement (likewise)
 BYTES_PER_TOKEN = 32  # a token is ~4 characters of text; JSON escapes and UTF-8 take a few times that at most
@@ -149,6 +154,8 @@ class Pool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._quarantine: dict[str, tuple[tuple[Any, ...], str]] = {}
         self._crash_times: dict[str, list[float]] = {}
+        self._charged_times: dict[str, list[float]] = {}  # crashes charged to requests (not quarantined)
+        self.culprits = Culprits()
         self._measured: dict[str, int] = {}
         self._parked_measured: dict[str, int] = {}  # footprints measured while parked, per entry
         self.gpu = GpuMemory()
@@ -284,7 +291,8 @@ class Pool:
         inst = self.instances.get(entry.name)
         if inst is None:
             inst = ModelInstance(entry.settings, queue_limit=self.server.queue_limit, heartbeat=self.heartbeat,
-                                 on_exit=self._on_crash, on_progress=lambda i: self._publish(i, "progress"))
+                                 on_exit=self._on_crash, on_progress=lambda i: self._publish(i, "progress"),
+                                 culprits=self.culprits)
             self.instances[entry.name] = inst
         elif inst.settings != entry.settings and inst.name not in self.policy.residents:
             inst.settings = entry.settings  # the entry changed while it was not loaded
@@ -417,8 +425,21 @@ class Pool:
         if instance is not None:
             self._publish(instance, "unloaded", reason=reason)
 
-    def _on_crash(self, instance: ModelInstance, error: WarrenError) -> None:
+    def _on_crash(self, instance: ModelInstance, error: WarrenError, culprit: GenerationParams | None = None
+                  ) -> None:
+        """A worker died by itself. A crash during a generation ("crashed": a signal such as SIGSEGV or
+        SIGABRT, or an exit status) is charged to that request: remembered in ``culprits`` and not
+        counted toward quarantine. Crashes while idle or loading, SIGKILL (out of memory), hangs and
+        unrunnable engines (SIGILL, SIGBUS) stay the model's."""
         now = self.clock()
+        if culprit is not None and instance.last_exit_kind == "crashed":
+            self.culprits.charge(instance.name, culprit, error.message)
+            self._charged_times[instance.name] = [
+                t for t in self._charged_times.get(instance.name, []) if now - t < CRASH_WINDOW] + [now]
+            log.warning("crash charged to the request model=%s error=%s", instance.name, error.message)
+            self.policy.exited(instance.name, now)
+            self._publish(instance, "crashed", error=error.message, charged_to_request=True)
+            return
         times = [t for t in self._crash_times.get(instance.name, []) if now - t < CRASH_WINDOW] + [now]
         self._crash_times[instance.name] = times
         entry = self.catalog.entries.get(instance.name)
@@ -432,12 +453,15 @@ class Pool:
         self._publish(instance, "crashed", error=error.message)
 
     async def _crash_backoff(self, model: str) -> None:
-        times = [t for t in self._crash_times.get(model, []) if self.clock() - t < CRASH_WINDOW]
-        if times:
-            delay = min(BACKOFF_BASE * 2 ** (len(times) - 1), BACKOFF_MAX) - (self.clock() - times[-1])
-            if delay > 0:
-                log.info("restarting after a crash model=%s backoff_s=%.1f", model, delay)
-                await asyncio.sleep(delay)
+        delay = 0.0
+        for crashes, base, most in ((self._crash_times, BACKOFF_BASE, BACKOFF_MAX),
+                                    (self._charged_times, CHARGED_BACKOFF_BASE, CHARGED_BACKOFF_MAX)):
+            times = [t for t in crashes.get(model, []) if self.clock() - t < CRASH_WINDOW]
+            if times:
+                delay = max(delay, min(base * 2 ** (len(times) - 1), most) - (self.clock() - times[-1]))
+        if delay > 0:
+            log.info("restarting after a crash model=%s backoff_s=%.1f", model, delay)
+            await asyncio.sleep(delay)
 
     # -- warm spare ---------------------------------------------------------------------------------------
     def _ensure_spare(self) -> None:
@@ -496,6 +520,8 @@ class Pool:
             self._check_handle(base, generation)
         self._quarantine.pop(base, None)
         self._crash_times.pop(base, None)
+        self._charged_times.pop(base, None)
+        self.culprits.forget(base)
         lease = await self.acquire(name)
         try:
             instance = await lease.ready()
@@ -673,6 +699,7 @@ class Pool:
             "last_used_ago": (now - resident.last_used) if resident else None,
             "evictions": self.evictions.get(name, 0),
             "crashes": inst.crashes if inst else 0,
+            "culprits": self.culprits.count(name),  # fingerprints of requests that crashed it: refused
             "settings": entry.describe()["settings"] if entry else None,
             "error": entry.error if entry and not entry.valid else status.get("last_error"),
         })

@@ -8,12 +8,20 @@ token), ``llama_token_to_piece`` into a reused buffer, and ``llama_decode`` of a
 
 The KV cache is kept between requests: a new prompt that shares a prefix with the previous one
 (chat turns, KoboldAI stories) only decodes the new part.
+
+Grammars: every grammar is checked again here, right before llama.cpp (``warren/grammar``), with this
+model's vocabulary, and so is the grammar the JSON-schema converter makes. A request with a grammar
+samples through ``GuardedSampler`` instead of ``llama_sampler_sample``: llama.cpp aborts the process
+when a grammar leaves no token to accept, which a valid grammar can do together with the request's own
+bans (``ban_eos``, banned strings), and only a check between the grammar and the pick can see that.
+Requests without a grammar keep the one-call fast path.
 """
 
 from __future__ import annotations
 
 import codecs
 import ctypes
+import json
 import os
 import random
 import time
@@ -22,8 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as L
+import numpy as np
 
-from warren.errors import InvalidRequest, PromptTooLong, WarrenError, WorkerClosed, WorkerLoadFailed
+from warren.bounds import GRAMMAR_STEP_SECONDS
+from warren.errors import (
+    GrammarRejected,
+    InvalidRequest,
+    PromptTooLong,
+    WarrenError,
+    WorkerClosed,
+    WorkerLoadFailed,
+)
+from warren.grammar import check_gbnf, check_schema
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
 from warren.worker.parking import drop_file_pages, trim_heap
@@ -52,13 +70,102 @@ UBATCH_MAX = 512  # llama.cpp's default micro-batch
 
 
 def _schema_grammar(schema: str) -> str:
-    """JSON schema -> GBNF with llama-cpp-python's converter (here in the worker: it imports llama_cpp)."""
+    """JSON schema -> GBNF with llama-cpp-python's converter (here in the worker: it imports llama_cpp).
+    The schema's bounds are checked first (again: the supervisor did), since the converter itself can
+    write a grammar of any size."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
+        check_schema(json.loads(schema))
+    except GrammarRejected as exc:
+        raise GrammarRejected(exc.message, param="json_schema") from None
+    except ValueError:
+        raise GrammarRejected("the JSON schema is not valid JSON", param="json_schema") from None
+    try:
         return str(json_schema_to_gbnf(schema))
     except Exception as exc:  # the converter raises assorted errors for schemas it cannot express
-        raise InvalidRequest(f"the JSON schema cannot be turned into a grammar: {exc}") from None
+        raise GrammarRejected(f"the JSON schema cannot be turned into a grammar: {str(exc)[:200]}",
+                              param="json_schema") from None
+
+
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+
+
+class Vocabulary:
+    """This model's token facts for ``warren.grammar.check_gbnf`` (``warren.grammar.Vocabulary``)."""
+
+    def __init__(self, vocab: Any) -> None:
+        self.vocab = vocab
+        self.n_vocab = int(L.llama_vocab_n_tokens(vocab))
+        self.buf = ctypes.create_string_buffer(256)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self.vocab, token))
+
+    def piece(self, token: int) -> bytes:
+        """The piece as llama.cpp's grammar sees it (special tokens rendered)."""
+        n = L.llama_token_to_piece(self.vocab, token, self.buf, len(self.buf), 0, True)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, big, -n, 0, True)
+            return big.raw[:n]
+        return self.buf.raw[:n]
+
+    def single_token(self, text: str) -> int | None:
+        raw = text.encode("utf-8")
+        out = (L.llama_token * 2)()
+        n = L.llama_tokenize(self.vocab, raw, len(raw), out, 2, False, True)
+        return int(out[0]) if n == 1 else None
+
+
+class GuardedSampler:
+    """Sampling for requests with a grammar: two chains with a check between them.
+
+    ``pre`` (logit biases, penalties, the grammar) is applied to all logits; if it leaves every
+    candidate at -inf the grammar is at a dead end, and ``sample`` returns None instead of letting
+    ``post`` pick a token the grammar cannot accept (llama.cpp would throw "Unexpected empty grammar
+    stack" through C frames: SIGABRT). Otherwise ``post`` (top-k … and the pick) runs and both chains
+    accept the token — the same samplers in the same order as the one-chain path, so a seeded request
+    gives the same text. A step slower than ``GRAMMAR_STEP_SECONDS`` ends the request: grammar stacks
+    can multiply at run time in ways no static check bounds.
+    """
+
+    def __init__(self, ctx: Any, n_vocab: int, pre: Any, post: Any) -> None:
+        self.ctx, self.n_vocab, self.pre, self.post = ctx, n_vocab, pre, post
+        self.data = np.zeros(n_vocab, dtype=TOKEN_DATA)
+        assert self.data.itemsize == ctypes.sizeof(L.llama_token_data)
+        self.ids = np.arange(n_vocab, dtype=np.int32)
+        self.array = L.llama_token_data_array(self.data.ctypes.data_as(ctypes.POINTER(L.llama_token_data)),
+                                              n_vocab, -1, False)
+        self.pointer = ctypes.byref(self.array)
+
+    def sample(self) -> int | None:
+        started = time.perf_counter()
+        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
+        data, array = self.data, self.array
+        data["id"] = self.ids
+        data["logit"] = logits
+        data["p"] = 0.0
+        array.size, array.selected, array.sorted = self.n_vocab, -1, False
+        L.llama_sampler_apply(self.pre, self.pointer)
+        if not np.isfinite(data["logit"]).any():
+            return None
+        L.llama_sampler_apply(self.post, self.pointer)
+        chosen = data[array.selected] if 0 <= array.selected < array.size else None
+        if chosen is None or not np.isfinite(chosen["logit"]):  # cannot happen with llama.cpp's samplers
+            chosen = data[int(np.argmax(data["logit"]))]
+        token = int(chosen["id"])
+        L.llama_sampler_accept(self.pre, token)
+        L.llama_sampler_accept(self.post, token)
+        seconds = time.perf_counter() - started
+        if seconds > GRAMMAR_STEP_SECONDS:
+            raise GrammarRejected(f"the grammar took {seconds:.1f} s for one token (the limit is "
+                                  f"{GRAMMAR_STEP_SECONDS:g} s): it is too ambiguous; simplify it", param="grammar")
+        return token
+
+    def free(self) -> None:
+        L.llama_sampler_free(self.pre)
+        L.llama_sampler_free(self.post)
 
 
 def _model_key(settings: ModelSettings) -> tuple[Any, ...]:
@@ -86,6 +193,7 @@ class LlamaEngine:
         self.n_batch = 512
         self.cached: list[int] = []  # tokens whose K/V are in the cache (sequence 0), in order
         self.eog_tokens: list[int] = []
+        self.vocabulary: Vocabulary | None = None  # token facts for grammar checks, made on first use
         self.piece_buf = ctypes.create_string_buffer(256)
         self.one_token = (L.llama_token * 1)()
 
@@ -133,6 +241,7 @@ class LlamaEngine:
         if not self.model:
             raise WorkerLoadFailed(f"llama.cpp could not load {settings.path} (its log is in the worker's stderr)")
         self.vocab = L.llama_model_get_vocab(self.model)
+        self.vocabulary = None
         self.model_key, self.model_path = _model_key(settings), str(settings.path)
 
     def _new_context(self, settings: ModelSettings) -> dict[str, Any]:
@@ -235,14 +344,16 @@ class LlamaEngine:
 
     # -- sampling -----------------------------------------------------------------------------------
     def _sampler(self, params: GenerationParams, seed: int) -> Any:
+        """The sampler chain for ``params``: one chain, or a ``GuardedSampler`` when there is a grammar."""
         n_vocab = L.llama_vocab_n_tokens(self.vocab)
-        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        add = L.llama_sampler_chain_add
         biases = dict(params.logit_bias)
         outside = [t for t in biases if not 0 <= t < n_vocab]
         if outside:
             raise InvalidRequest(f"logit_bias token id {outside[0]} is outside the vocabulary [0, {n_vocab})",
                                  param="logit_bias")
+        gbnf = self._grammar(params)  # checked (and maybe refused) before anything is allocated
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        add = L.llama_sampler_chain_add
         if params.ban_eos:
             if not self.eog_tokens:
                 self.eog_tokens = [t for t in range(n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
@@ -259,13 +370,17 @@ class LlamaEngine:
         if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
             add(chain, L.llama_sampler_init_penalties(n_vocab, params.repeat_last_n, params.repeat_penalty,
                                                       params.frequency_penalty, params.presence_penalty))
-        gbnf = params.grammar or (_schema_grammar(params.json_schema) if params.json_schema else "")
+        guarded = None
         if gbnf:
             grammar = L.llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
             if not grammar:
                 L.llama_sampler_free(chain)
-                raise InvalidRequest("the grammar could not be parsed as GBNF with a 'root' rule")
+                raise GrammarRejected("llama.cpp could not use the grammar (its log is in the worker's stderr)",
+                                      param="grammar")
             add(chain, grammar)
+            post = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+            guarded = GuardedSampler(self.ctx, n_vocab, chain, post)
+            chain = post  # the picking samplers go into the second chain
         if params.temperature <= 0 or params.top_k == 1:
             add(chain, L.llama_sampler_init_greedy())
         elif params.mirostat == 1:
@@ -285,7 +400,24 @@ class LlamaEngine:
                 add(chain, L.llama_sampler_init_min_p(params.min_p, 1))
             add(chain, L.llama_sampler_init_temp(params.temperature))
             add(chain, L.llama_sampler_init_dist(seed))
-        return chain
+        return guarded or chain
+
+    def _grammar(self, params: GenerationParams) -> str:
+        """The request's grammar (its own, or made from its JSON schema), checked against this model."""
+        if params.grammar:
+            gbnf, param, what = params.grammar, "grammar", "the grammar"
+        elif params.json_schema:
+            gbnf, param, what = _schema_grammar(params.json_schema), "json_schema", \
+                "the grammar made from the JSON schema"
+        else:
+            return ""
+        if self.vocabulary is None:
+            self.vocabulary = Vocabulary(self.vocab)
+        try:
+            check_gbnf(gbnf, self.vocabulary)
+        except GrammarRejected as exc:
+            raise GrammarRejected(f"{what}: {exc.message}", param=param) from None
+        return gbnf
 
     # -- generation ---------------------------------------------------------------------------------
     def _prepare_prompt(self, params: GenerationParams) -> list[int]:
@@ -351,7 +483,10 @@ class LlamaEngine:
             else:
                 reason, n_new, text = FinishReason.ABORT, 0, ""
         finally:
-            L.llama_sampler_free(sampler)
+            if isinstance(sampler, GuardedSampler):
+                sampler.free()
+            else:
+                L.llama_sampler_free(sampler)
         return GenerationResult(text=text, finish_reason=reason, prompt_tokens=len(tokens),
                                 completion_tokens=n_new, prompt_seconds=prompt_done - started,
                                 generation_seconds=time.perf_counter() - prompt_done, seed=seed)
@@ -362,6 +497,7 @@ class LlamaEngine:
         ctx, vocab, one, cached = self.ctx, self.vocab, self.one_token, self.cached
         sample, is_eog, decode, batch_one = L.llama_sampler_sample, L.llama_vocab_is_eog, L.llama_decode, \
             L.llama_batch_get_one
+        guarded = sampler if isinstance(sampler, GuardedSampler) else None
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         stops = StopMatcher(params.stop, params.trim_stop)
         reason = FinishReason.LENGTH
@@ -370,7 +506,16 @@ class LlamaEngine:
             if cancelled():
                 reason = FinishReason.ABORT
                 break
-            token = sample(sampler, ctx, -1)
+            if guarded is None:
+                token = sample(sampler, ctx, -1)
+            elif (picked := guarded.sample()) is not None:
+                token = picked
+            elif n_new:  # the grammar (with this request's bans) allows no further token: done
+                reason = FinishReason.STOP
+                break
+            else:
+                raise GrammarRejected("the grammar, with this request's banned tokens, allows no token to "
+                                      "start with", param="grammar")
             if is_eog(vocab, token):
                 reason = FinishReason.STOP
                 break

@@ -10,7 +10,8 @@ Contracts:
   ``progress``.
 - When the process ends, every request still waiting gets an error: ``WorkerClosed`` if we stopped it,
   ``WorkerCrashed`` naming the model and the signal or exit status otherwise. The last lines of its
-  stderr go to the log.
+  stderr go to the log. A crash (``exit_kind`` "crashed") while a generation was running leaves that
+  generation's parameters in ``crashed_during``, so the pool can charge the crash to the request.
 - Only liveness kills a worker: the heartbeat's verdict (``warren/worker/liveness.py``: frozen, hung) and
   the load timeout. Any other request that gets no answer in time — a Tokenize, a Park — fails alone
   with ``Busy``: a request waiting its turn in the worker says nothing about whether the worker lives.
@@ -94,6 +95,8 @@ class WorkerHandle:
         self.on_progress: Callable[[], None] | None = None
         self.exit_kind = ""  # requested | crashed | oom_suspected | hung | frozen | unrunnable, once ended
         self.exited = asyncio.Event()
+        self._generating: dict[int, GenerationParams] = {}  # Generate requests the worker has not ended
+        self.crashed_during: GenerationParams | None = None  # the generation running when it crashed
 
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -231,6 +234,7 @@ class WorkerHandle:
         queue = self._open(request_id)
         finished = False
         watcher = asyncio.create_task(self._cancel_on(abort, request_id)) if abort is not None else None
+        self._generating[request_id] = params
         try:
             await self._send(p.Generate(id=request_id, params=params.as_wire(), stream=stream))
             while True:
@@ -251,6 +255,7 @@ class WorkerHandle:
                 watcher.cancel()
             if finished:
                 self._pending.pop(request_id, None)
+                self._generating.pop(request_id, None)
             else:
                 self._abandon(request_id, queue, on_done)
 
@@ -271,6 +276,7 @@ class WorkerHandle:
                         return
             finally:
                 self._pending.pop(request_id, None)
+                self._generating.pop(request_id, None)
 
         if self.alive:
             task = asyncio.get_running_loop().create_task(collect(), name=f"abandon-{self.name}-{request_id}")
@@ -278,6 +284,7 @@ class WorkerHandle:
             task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
         else:
             self._pending.pop(request_id, None)
+            self._generating.pop(request_id, None)
 
     async def _cancel_on(self, abort: asyncio.Event, request_id: int) -> None:
         await abort.wait()
@@ -371,6 +378,8 @@ class WorkerHandle:
                 how += " (not sent by warren: out of memory?)"
             else:
                 self.exit_kind = "crashed"
+            if self.exit_kind == "crashed" and self._generating:
+                self.crashed_during = next(iter(self._generating.values()))
             self.exit_error = WorkerCrashed(f"the worker for model {self.name!r} crashed: {how}",
                                             hint=self._tail_hint(), model=self.name, returncode=returncode)
             log.error("worker crashed model=%s pid=%s exit=%s\n  last stderr lines:\n    %s", self.name,

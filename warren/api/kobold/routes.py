@@ -17,7 +17,7 @@ from warren.api import serving, sse
 from warren.api.deps import bearer_ok, get_instance, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.kobold.schemas import DetokenizeRequest, GenerateRequest, GenKeyRequest, TokenizeRequest
-from warren.api.kobold.translate import finish_reason, to_params
+from warren.api.kobold.translate import constraints, finish_reason, to_params
 from warren.api.serving import Item
 from warren.errors import WarrenError
 from warren.params import GenerationResult
@@ -128,7 +128,8 @@ def _result_body(r: GenerationResult) -> dict[str, Any]:
 async def generate(body: GenerateRequest, request: Request) -> dict[str, Any]:
     server = get_pool(request).server
     done = await serving.generate(request, model_from_path(request),
-                                  lambda i: to_params(body, server, i.context_size), stream=False, genkey=body.genkey)
+                                  lambda i: to_params(body, server, i.context_size), stream=False,
+                                  constraints=constraints(body), genkey=body.genkey)
     assert done.result is not None
     return _result_body(done.result)
 
@@ -138,7 +139,7 @@ async def generate_stream(body: GenerateRequest, request: Request) -> StreamingR
     server = get_pool(request).server
     started = await serving.generate(request, model_from_path(request),
                                      lambda i: to_params(body, server, i.context_size), stream=True,
-                                     genkey=body.genkey)
+                                     constraints=constraints(body), genkey=body.genkey)
 
     def on_item(item: Item) -> list[bytes]:
         if isinstance(item, str):

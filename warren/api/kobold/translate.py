@@ -9,10 +9,16 @@ over-long prompt loses its oldest tokens.
 from __future__ import annotations
 
 from warren.api.kobold.schemas import GenerateRequest
+from warren.grammar import Constraints
 from warren.params import FinishReason, GenerationParams
 from warren.settings import ServerSettings
 
 LOGIT_BIAS_LIMIT = 100.0  # KoboldCpp clamps biases to [-100, 100]
+
+
+def constraints(req: GenerateRequest) -> Constraints:
+    """The request's grammar, checked before a model is chosen (``warren.grammar``)."""
+    return Constraints(grammar=req.grammar, grammar_param="grammar")
 
 
 def to_params(req: GenerateRequest, server: ServerSettings, n_ctx: int) -> GenerationParams:

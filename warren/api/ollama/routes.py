@@ -117,7 +117,8 @@ async def _serve(request: Request, req: Base, empty: bool, make_params: Callable
         instance, _ = await serving.admit(request, name)
         configure(instance)
         return {**head, **empty_reply, "done": True, "done_reason": "load"}
-    started = await serving.generate(request, name, make_params, stream=bool(req.stream), on_ready=configure)
+    started = await serving.generate(request, name, make_params, stream=bool(req.stream),
+                                     constraints=t.constraints(req), on_ready=configure)
     if req.stream:
         return _stream(head, chat, started)
     result = started.result

@@ -19,6 +19,7 @@ from warren.api.chat_template import render_chat
 from warren.api.ollama.schemas import Base, ChatRequest, GenerateRequest
 from warren.errors import ConfigError, InvalidRequest
 from warren.gguf.reader import GGUFInfo, SkippedArray
+from warren.grammar import Constraints
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.units import parse_duration
 
@@ -48,14 +49,25 @@ def keep_alive_seconds(value: float | str | None) -> float | None:
         raise InvalidRequest(exc.message, param="keep_alive") from None
 
 
-def _schema(fmt: str | dict[str, Any] | None) -> str:
+def format_schema(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema ``format`` asks for ("json": any object), or None."""
     if fmt is None or fmt == "":
-        return ""
+        return None
     if fmt == "json":
-        return '{"type": "object"}'
+        return {"type": "object"}
     if isinstance(fmt, dict):
-        return json.dumps(fmt)
-    raise InvalidRequest(f'format {fmt!r} is not supported: use "json" or a JSON schema', param="format")
+        return fmt
+    raise InvalidRequest(f'format {str(fmt)[:40]!r} is not supported: use "json" or a JSON schema', param="format")
+
+
+def constraints(req: Base) -> Constraints:
+    """The request's ``format`` schema, checked before a model is chosen (``warren.grammar``)."""
+    return Constraints(json_schema=format_schema(req.format), schema_param="format")
+
+
+def _schema_text(fmt: str | dict[str, Any] | None) -> str:
+    schema = format_schema(fmt)
+    return "" if schema is None else json.dumps(schema)
 
 
 def _params(req: Base, prompt: str, n_ctx: int) -> GenerationParams:
@@ -69,7 +81,7 @@ def _params(req: Base, prompt: str, n_ctx: int) -> GenerationParams:
         repeat_last_n=window if o.repeat_last_n < 0 else o.repeat_last_n, presence_penalty=o.presence_penalty,
         frequency_penalty=o.frequency_penalty, mirostat=o.mirostat, mirostat_tau=o.mirostat_tau,
         mirostat_eta=o.mirostat_eta, seed=o.seed if o.seed is not None and o.seed >= 0 else -1, stop=stop,
-        json_schema=_schema(req.format), context_limit=window, truncate_prompt=True,
+        json_schema=_schema_text(req.format), context_limit=window, truncate_prompt=True,
     )
 
 

@@ -21,6 +21,7 @@ from warren.api.openai import translate
 from warren.api.openai.schemas import ChatRequest, CompletionRequest
 from warren.api.serving import Item
 from warren.errors import WarrenError
+from warren.grammar import Constraints
 from warren.params import GenerationParams, GenerationResult
 from warren.pool.instance import ModelInstance
 from warren.pool.pool import Pool
@@ -70,10 +71,12 @@ def _stream(started: serving.Started, chat: bool, include_usage: bool) -> Stream
     return started.response(on_item, on_error, media_type="text/event-stream", headers=sse.SSE_HEADERS, head=head)
 
 
-async def _run(request: Request, model: str | None, make_params: Callable[[ModelInstance], GenerationParams],
-               stream: bool, chat: bool, include_usage: bool, echo: bool = False) -> Any:
+async def _run(request: Request, model: str | None, constraints: Constraints,
+               make_params: Callable[[ModelInstance], GenerationParams], stream: bool, chat: bool,
+               include_usage: bool, echo: bool = False) -> Any:
     """``/m/{name}`` wins over the body's ``model``; neither means the active model."""
-    started = await serving.generate(request, model_from_path(request) or model or None, make_params, stream=stream)
+    started = await serving.generate(request, model_from_path(request) or model or None, make_params, stream=stream,
+                                     constraints=constraints)
     if stream:
         return _stream(started, chat, include_usage)
     assert started.result is not None
@@ -86,13 +89,14 @@ async def _run(request: Request, model: str | None, make_params: Callable[[Model
 async def completions(body: CompletionRequest, request: Request) -> Any:
     server = get_pool(request).server
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _run(request, body.model, lambda _i: translate.completion_params(body, server), body.stream,
-                      False, include_usage, body.echo)
+    return await _run(request, body.model, translate.constraints(body),
+                      lambda _i: translate.completion_params(body, server), body.stream, False, include_usage,
+                      body.echo)
 
 
 @router.post("/v1/chat/completions", dependencies=protected)
 async def chat_completions(body: ChatRequest, request: Request) -> Any:
     server = get_pool(request).server
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _run(request, body.model, lambda i: translate.chat_params(body, server, i.model_info),
-                      body.stream, True, include_usage)
+    return await _run(request, body.model, translate.constraints(body),
+                      lambda i: translate.chat_params(body, server, i.model_info), body.stream, True, include_usage)

@@ -3,7 +3,8 @@
 As KoboldCpp does: a missing or zero ``max_tokens`` means ``--defaultgenamt``; ``seed`` maps to the
 sampler seed. Unlike KoboldCpp, a prompt that does not fit the context is refused
 (``context_length_exceeded``) instead of silently losing its start, because OpenAI clients count on it.
-``response_format: {"type": "json_object"}`` constrains the output with a JSON grammar.
+``response_format: {"type": "json_object"}`` constrains the output with a JSON grammar, ``json_schema``
+with the schema's; ``constraints`` reads both (and ``grammar``) before a model is chosen.
 """
 
 from __future__ import annotations
@@ -17,10 +18,35 @@ from typing import Any
 from warren.api.chat_template import render_chat
 from warren.api.openai.schemas import ChatRequest, CompletionRequest, Sampling
 from warren.errors import InvalidRequest
+from warren.grammar import Constraints
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ServerSettings
 
-JSON_OBJECT_SCHEMA = '{"type": "object"}'  # response_format json_object: any JSON object
+JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}  # response_format json_object: any JSON object
+
+
+def response_schema(req: Sampling) -> dict[str, Any] | None:
+    """The JSON schema ``response_format`` asks for (chat only), or None for plain text."""
+    fmt = getattr(req, "response_format", None) or {}
+    kind = fmt.get("type", "text")
+    if kind == "json_object":
+        return dict(JSON_OBJECT_SCHEMA)
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidRequest("response_format json_schema needs json_schema.schema, an object",
+                                 param="response_format")
+        return schema
+    if kind != "text":
+        raise InvalidRequest(f"response_format type {str(kind)[:40]!r} is not supported (use text, json_object "
+                             "or json_schema)", param="response_format")
+    return None
+
+
+def constraints(req: Sampling) -> Constraints:
+    return Constraints(grammar=req.grammar or "", json_schema=response_schema(req), grammar_param="grammar",
+                       schema_param="response_format")
 
 
 def _common(req: Sampling, server: ServerSettings, prompt: str, max_tokens: int | None) -> GenerationParams:
@@ -59,19 +85,9 @@ def chat_params(req: ChatRequest, server: ServerSettings, model_info: dict[str, 
     prompt = render_chat(model_info.get("chat_template"), messages, bos_token=model_info.get("bos_token", ""),
                          eos_token=model_info.get("eos_token", ""))
     params = _common(req, server, prompt, req.max_completion_tokens or req.max_tokens)
-    fmt = req.response_format or {}
-    kind = fmt.get("type", "text")
-    if kind == "json_object":
-        params = dataclasses.replace(params, json_schema=JSON_OBJECT_SCHEMA)
-    elif kind == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise InvalidRequest("response_format json_schema needs json_schema.schema, an object",
-                                 param="response_format")
+    schema = response_schema(req)
+    if schema is not None:
         params = dataclasses.replace(params, json_schema=json.dumps(schema))
-    elif kind != "text":
-        raise InvalidRequest(f"response_format type {kind!r} is not supported (use text, json_object or "
-                             "json_schema)", param="response_format")
     return params
 
 
