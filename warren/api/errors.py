@@ -26,14 +26,33 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope, Send
 
 from warren.errors import (
+    BodyTooLarge,
     Busy,
+    ClientGone,
+    ConfigError,
+    DoesNotFit,
+    Forbidden,
+    GrammarRejected,
+    HandleGone,
     InvalidRequest,
     MethodNotAllowed,
+    ModelFileError,
+    ModelNotFound,
     NotFound,
+    PromptTooLong,
+    Quarantined,
     RequestNotStarted,
+    RequestRefused,
+    RequestTimeout,
+    ServerStopping,
     Unauthorized,
     WarrenError,
+    WorkerClosed,
+    WorkerCrashed,
+    WorkerError,
+    WorkerLoadFailed,
 )
+from warren.validation import ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +100,59 @@ def redacted(exc: WarrenError, redact: Callable[[str], str]) -> WarrenError:
     return WarrenError.from_wire({**exc.to_wire(), "message": message})
 
 
-# OpenAI's error types by status: its clients branch on them (403 is a PermissionDeniedError, 404 NotFound).
-OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "invalid_request_error", 405: "invalid_request_error", 408: "invalid_request_error",
-                410: "invalid_request_error", 413: "invalid_request_error", 499: "invalid_request_error",
-                502: "server_error", 503: "server_error", 507: "invalid_request_error"}
+# Each class's type in the two dialects that name one: (KoboldCpp ``detail.type``, OpenAI ``error.type``).
+# Every class has its own row — ``tests/api/test_error_mapping.py`` fails when one is added without — so a
+# new error is classified on purpose, never by accident of its base class. KoboldCpp's own types are
+# ``bad_input``, ``service_unavailable`` and ``unauthorized``; other failures name their code. OpenAI's
+# clients branch on the type (``permission_error`` → PermissionDeniedError, …).
+DIALECT_TYPES: dict[type[WarrenError], tuple[str, str]] = {
+    WarrenError: ("internal_error", "server_error"),
+    InvalidRequest: ("bad_input", "invalid_request_error"),
+    PromptTooLong: ("bad_input", "invalid_request_error"),
+    GrammarRejected: ("bad_input", "invalid_request_error"),
+    RequestRefused: ("bad_input", "invalid_request_error"),
+    RequestTimeout: ("bad_input", "invalid_request_error"),
+    BodyTooLarge: ("bad_input", "invalid_request_error"),
+    ConfigError: ("bad_input", "invalid_request_error"),
+    ModelFileError: ("bad_input", "invalid_request_error"),
+    ValidationFailed: ("bad_input", "invalid_request_error"),
+    Unauthorized: ("unauthorized", "authentication_error"),
+    Forbidden: ("forbidden", "permission_error"),
+    NotFound: ("not_found", "invalid_request_error"),  # what OpenAI itself answers for an unknown model
+    ModelNotFound: ("model_not_found", "invalid_request_error"),
+    MethodNotAllowed: ("method_not_allowed", "invalid_request_error"),
+    HandleGone: ("handle_gone", "invalid_request_error"),
+    ClientGone: ("client_gone", "invalid_request_error"),
+    Busy: ("service_unavailable", "server_error"),
+    ServerStopping: ("service_unavailable", "server_error"),
+    DoesNotFit: ("does_not_fit_budget", "invalid_request_error"),  # the model can never load as configured
+    Quarantined: ("model_quarantined", "server_error"),
+    WorkerError: ("worker_unavailable", "server_error"),
+    WorkerClosed: ("worker_closed", "server_error"),
+    WorkerCrashed: ("worker_crashed", "server_error"),
+    WorkerLoadFailed: ("worker_load_failed", "server_error"),
+    RequestNotStarted: ("request_not_started", "server_error"),
+}
+
+
+def dialect_types(exc: WarrenError) -> tuple[str, str]:
+    """The row of ``exc``'s class (of its nearest listed ancestor, for a class defined outside warren)."""
+    for cls in type(exc).__mro__:
+        if cls in DIALECT_TYPES:
+            return DIALECT_TYPES[cls]
+    return DIALECT_TYPES[WarrenError]
 
 
 def error_body(dialect: Dialect, exc: WarrenError) -> dict[str, Any]:
+    kobold_type, openai_type = dialect_types(exc)
     if dialect is Dialect.OLLAMA:
         return {"error": exc.message}
     if dialect is Dialect.OPENAI:
-        return {"error": {"message": exc.message, "type": OPENAI_TYPES.get(exc.http_status, "server_error"),
-                          "param": exc.details.get("param"), "code": exc.code}}
-    detail: dict[str, Any] = {"msg": exc.message, "type": exc.code}
-    if isinstance(exc, Unauthorized):
-        detail = {"error": "Unauthorized", "msg": exc.message, "type": "unauthorized"}
-    elif isinstance(exc, Busy):
-        detail["type"] = "service_unavailable"
-    elif isinstance(exc, InvalidRequest):
-        detail["type"] = "bad_input"
-    return {"detail": detail}
+        return {"error": {"message": exc.message, "type": openai_type, "param": exc.details.get("param"),
+                          "code": exc.code}}
+    if isinstance(exc, Unauthorized):  # KoboldCpp's own 401 body
+        return {"detail": {"error": "Unauthorized", "msg": exc.message, "type": kobold_type}}
+    return {"detail": {"msg": exc.message, "type": kobold_type}}
 
 
 async def send_error(scope: Scope, send: Send, error: WarrenError) -> None:
