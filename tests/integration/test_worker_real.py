@@ -46,8 +46,8 @@ async def run(handle: WorkerHandle, params: GenerationParams, stream: bool) -> t
 
 async def test_load_reports_the_model(worker: WorkerHandle) -> None:
     info = worker.model_info
-    assert info["n_ctx"] == 512 and info["n_ctx_train"] == 8192 and info["n_vocab"] == 49152
-    assert "<|im_start|>" in info["chat_template"]
+    assert info is not None and info.n_ctx == 512 and info.n_ctx_train == 8192 and info.n_vocab == 49152
+    assert info.chat_template is not None and "<|im_start|>" in info.chat_template
     assert worker.progress == 1.0 and worker.load_seconds > 0
 
 

@@ -217,12 +217,12 @@ async def test_a_swap_prefaults_the_cache_after_the_evicted_worker_ends(make_poo
                            budget_mib=1000)
     await generate(pool, "a")
     a = pool.instances["a"].handle
-    assert a is not None and a.model_info["prefault_after"] == []  # nothing was replaced
+    assert a is not None and a.model_info is not None and a.model_info.extra["prefault_after"] == []  # nothing was replaced
     a_pid = a.pid
     await generate(pool, "b")  # evicts a
     b = pool.instances["b"].handle
-    assert b is not None and b.model_info["prefault_after"] == [a_pid]
-    assert b.model_info["prefault_bytes"] >= 8 * MIB
+    assert b is not None and b.model_info is not None and b.model_info.extra["prefault_after"] == [a_pid]
+    assert b.model_info.extra["prefault_bytes"] >= 8 * MIB
 
 
 async def eventually(condition, seconds: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -251,7 +251,8 @@ async def test_a_swap_parks_the_evicted_model_and_resumes_it_in_the_same_worker(
     assert pool.describe("a")["handle"] == "a@1"  # the same instance: its handle stays valid
     assert pool.policy.reserved <= pool.policy.budget
     assert await generate(pool, "a@1") == " t0 t1 t2 t3 t4"  # resumed: same worker, loaded a second time
-    assert pool.instances["a"].handle is a and a.model_info["loads"] == 2 and a.model_info["parks"] == 1
+    assert pool.instances["a"].handle is a and a.model_info is not None and a.model_info.extra["loads"] == 2 \
+        and a.model_info.extra["parks"] == 1
     assert sum(t.get_name().startswith("heartbeat") for t in a._tasks) == 1  # a resume adds no second one
     assert pool.describe("b")["state"] == "parked" and pool.status()["parked"] > 0
 
@@ -305,7 +306,8 @@ async def test_a_parked_model_whose_entry_changed_is_loaded_afresh(make_pool) ->
     await generate(pool, "a")
     assert pool.describe("a")["handle"] == "a@2"  # not the parked worker: a new one, with the new settings
     handle = pool.instances["a"].handle
-    assert handle is not None and handle.model_info["n_ctx"] == 1024 and handle.model_info["loads"] == 1
+    assert handle is not None and handle.model_info is not None and handle.model_info.n_ctx == 1024 \
+        and handle.model_info.extra["loads"] == 1
 
 
 async def test_a_parked_worker_that_dies_is_reported_and_loaded_afresh(make_pool) -> None:  # type: ignore[no-untyped-def]

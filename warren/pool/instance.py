@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed
+from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.pool.culprits import Culprits
 from warren.settings import ModelSettings
@@ -115,12 +116,15 @@ class ModelInstance:
         return f"{self.name}@{self.generation}"
 
     @property
-    def model_info(self) -> dict[str, Any]:
-        return self.handle.model_info if self.handle else {}
+    def model_info(self) -> ModelInfo:
+        """What the worker reported about its model; before a load, what the settings say."""
+        if self.handle is not None and self.handle.model_info is not None:
+            return self.handle.model_info
+        return ModelInfo(n_ctx=self.settings.context_size)
 
     @property
     def context_size(self) -> int:
-        return int(self.model_info.get("n_ctx") or self.settings.context_size)
+        return self.model_info.n_ctx or self.settings.context_size
 
     @property
     def busy(self) -> bool:

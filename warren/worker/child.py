@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from warren.errors import InvalidRequest, WarrenError, WorkerLoadFailed
+from warren.model_info import ModelInfo
 from warren.params import GenerationParams
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
@@ -189,7 +190,8 @@ class Worker:
             raise
         except Exception as exc:  # a native loader failure surfaces as a Python exception here
             raise WorkerLoadFailed(f"model {settings.name!r} failed to load: {exc}") from exc
-        return p.Ready(id=frame.id, model=info, load_seconds=time.perf_counter() - started)
+        wire = info.as_wire() if isinstance(info, ModelInfo) else dict(info)  # (test engines may report dicts)
+        return p.Ready(id=frame.id, model=wire, load_seconds=time.perf_counter() - started)
 
 
 def load_engine(spec: str) -> Engine:

@@ -42,6 +42,7 @@ from warren.errors import (
     WorkerLoadFailed,
 )
 from warren.grammar import check_gbnf, check_schema
+from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
 from warren.worker.parking import drop_file_pages, trim_heap
@@ -206,7 +207,7 @@ class LlamaEngine:
 
     # -- load ---------------------------------------------------------------------------------------
     def load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Prefault | None = None
-             ) -> dict[str, Any]:
+             ) -> ModelInfo:
         """``prefault``: the KV cache's memory, faulted in on the other core while the model loads."""
         prefault = prefault or Prefault(0)
         prefault.start()
@@ -216,7 +217,7 @@ class LlamaEngine:
             prefault.finish()
 
     def _load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Prefault
-              ) -> dict[str, Any]:
+              ) -> ModelInfo:
         if self.model is None:
             self._load_model(settings, progress)
         elif self.ctx is not None or self.model_key != _model_key(settings):
@@ -244,7 +245,7 @@ class LlamaEngine:
         self.vocabulary = None
         self.model_key, self.model_path = _model_key(settings), str(settings.path)
 
-    def _new_context(self, settings: ModelSettings) -> dict[str, Any]:
+    def _new_context(self, settings: ModelSettings) -> ModelInfo:
         cp = L.llama_context_default_params()
         cp.n_ctx = settings.context_size
         self.n_batch = settings.batch_size if settings.batch_size > 0 else 16  # KoboldCpp -1: no big batches
@@ -272,18 +273,13 @@ class LlamaEngine:
         n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.eog_tokens = []  # found on first use (ban_eos): a vocabulary scan costs ~25 ms of every load
         template = L.llama_model_chat_template(self.model, None)
-        return {
-            "n_ctx": self.n_ctx,
-            "n_ctx_train": L.llama_model_n_ctx_train(self.model),
-            "n_vocab": n_vocab,
-            "n_params": L.llama_model_n_params(self.model),
-            "size": L.llama_model_size(self.model),
-            "chat_template": template.decode("utf-8", "replace") if template else None,
-            "bos_token": self._token_text(L.llama_vocab_bos(self.vocab)),
-            "eos_token": self._token_text(L.llama_vocab_eos(self.vocab)),
-            "add_bos": bool(L.llama_vocab_get_add_bos(self.vocab)),
-            "gpu_offload": bool(L.llama_supports_gpu_offload()),
-        }
+        return ModelInfo(
+            n_ctx=self.n_ctx, n_ctx_train=L.llama_model_n_ctx_train(self.model), n_vocab=n_vocab,
+            n_params=L.llama_model_n_params(self.model), size=L.llama_model_size(self.model),
+            chat_template=template.decode("utf-8", "replace") if template else None,
+            bos_token=self._token_text(L.llama_vocab_bos(self.vocab)),
+            eos_token=self._token_text(L.llama_vocab_eos(self.vocab)),
+            add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)), gpu_offload=bool(L.llama_supports_gpu_offload()))
 
     def park(self) -> None:
         """Free the context and the weights' pages; keep the model for a quick ``load`` later."""

@@ -7,8 +7,9 @@ engines with the same shape to produce faults a real model cannot produce on dem
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
+from warren.model_info import ModelInfo
 from warren.params import GenerationParams, GenerationResult
 from warren.settings import ModelSettings
 from warren.worker.prefault import Prefault
@@ -16,7 +17,7 @@ from warren.worker.prefault import Prefault
 
 class Engine(Protocol):
     def load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Prefault | None = None
-             ) -> dict[str, Any]:
+             ) -> ModelInfo:
         """Load the model; return its description (the ``Ready`` frame's ``model``). ``prefault`` is the
         memory the context will need at once, which an engine may fault in while the model loads."""
         ...

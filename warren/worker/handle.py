@@ -44,6 +44,7 @@ from warren.errors import (
     describe_exit,
     unrunnable_cause,
 )
+from warren.model_info import ModelInfo
 from warren.params import GenerationParams
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
@@ -73,7 +74,7 @@ class WorkerHandle:
         self.process: asyncio.subprocess.Process | None = None
         self.pid = 0
         self.progress = 0.0
-        self.model_info: dict[str, Any] = {}
+        self.model_info: ModelInfo | None = None
         self.load_seconds = 0.0
         self.started_at = 0.0
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
@@ -131,19 +132,19 @@ class WorkerHandle:
         self.settings = settings
         self.name = settings.name
 
-    async def load(self, prefault_bytes: int = 0, prefault_after: Sequence[int] = ()) -> dict[str, Any]:
+    async def load(self, prefault_bytes: int = 0, prefault_after: Sequence[int] = ()) -> ModelInfo:
         """``prefault_bytes``/``prefault_after``: see ``warren/worker/prefault.py``."""
         frame = await self._request(p.Load(id=next(self._ids), settings=self.settings.as_wire(),
                                            prefault_bytes=prefault_bytes, prefault_after=list(prefault_after)),
                                    self._load_timeout, kill_on_timeout=True)
         assert isinstance(frame, p.Ready)
-        self.model_info = frame.model
+        self.model_info = ModelInfo.from_wire(frame.model)
         self.load_seconds = frame.load_seconds
         self.progress = 1.0
         if self._heartbeat and self._beating is None:  # once per worker: a resumed (parked) one beats already
             self._beating = asyncio.create_task(self._beat(), name=f"heartbeat-{self.name}")
             self._tasks.append(self._beating)
-        return frame.model
+        return self.model_info
 
     async def park(self) -> None:
         """Ask the worker to free its context and weights' pages, keeping the model (``Park``)."""

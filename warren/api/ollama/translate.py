@@ -20,6 +20,7 @@ from warren.api.ollama.schemas import Base, ChatRequest, GenerateRequest
 from warren.errors import ConfigError, InvalidRequest
 from warren.gguf.reader import GGUFInfo, SkippedArray
 from warren.grammar import Constraints
+from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.units import parse_duration
 
@@ -85,23 +86,23 @@ def _params(req: Base, prompt: str, n_ctx: int) -> GenerationParams:
     )
 
 
-def generate_params(req: GenerateRequest, model_info: dict[str, Any], n_ctx: int) -> GenerationParams:
+def generate_params(req: GenerateRequest, model_info: ModelInfo, n_ctx: int) -> GenerationParams:
     if req.raw:
         prompt = req.prompt
     else:
         messages = ([{"role": "system", "content": req.system}] if req.system else []) + \
             [{"role": "user", "content": req.prompt}]
-        prompt = render_chat(model_info.get("chat_template"), messages, bos_token=model_info.get("bos_token", ""),
-                             eos_token=model_info.get("eos_token", ""))
+        prompt = render_chat(model_info.chat_template, messages, bos_token=model_info.bos_token,
+                             eos_token=model_info.eos_token)
     return _params(req, prompt, n_ctx)
 
 
-def chat_params(req: ChatRequest, model_info: dict[str, Any], n_ctx: int) -> GenerationParams:
+def chat_params(req: ChatRequest, model_info: ModelInfo, n_ctx: int) -> GenerationParams:
     if any(m.images for m in req.messages):
         raise InvalidRequest("images are not supported: warren serves text models", param="messages")
-    prompt = render_chat(model_info.get("chat_template"), [m.model_dump(include={"role", "content"})
+    prompt = render_chat(model_info.chat_template, [m.model_dump(include={"role", "content"})
                                                            for m in req.messages],
-                         bos_token=model_info.get("bos_token", ""), eos_token=model_info.get("eos_token", ""))
+                         bos_token=model_info.bos_token, eos_token=model_info.eos_token)
     return _params(req, prompt, n_ctx)
 
 

@@ -19,6 +19,7 @@ from warren.api.chat_template import render_chat
 from warren.api.openai.schemas import ChatRequest, CompletionRequest, Sampling
 from warren.errors import InvalidRequest
 from warren.grammar import Constraints
+from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ServerSettings
 
@@ -76,14 +77,14 @@ def completion_params(req: CompletionRequest, server: ServerSettings) -> Generat
     return _common(req, server, prompt, req.max_tokens)
 
 
-def chat_params(req: ChatRequest, server: ServerSettings, model_info: dict[str, Any]) -> GenerationParams:
+def chat_params(req: ChatRequest, server: ServerSettings, model_info: ModelInfo) -> GenerationParams:
     try:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="messages") from None
-    prompt = render_chat(model_info.get("chat_template"), messages, bos_token=model_info.get("bos_token", ""),
-                         eos_token=model_info.get("eos_token", ""))
+    prompt = render_chat(model_info.chat_template, messages, bos_token=model_info.bos_token,
+                         eos_token=model_info.eos_token)
     params = _common(req, server, prompt, req.max_completion_tokens or req.max_tokens)
     schema = response_schema(req)
     if schema is not None:
