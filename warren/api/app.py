@@ -22,6 +22,7 @@ from warren.api.browser import BrowserGuard, is_loopback
 from warren.api.connections import RequestCap
 from warren.api.deps import key_matches, operator_key
 from warren.api.errors import install_error_handlers
+from warren.api.kobold.genkeys import GenKeys
 from warren.api.kobold.routes import router as kobold_router
 from warren.api.limits import BodyLimit, JsonBodies
 from warren.api.metrics import router as metrics_router
@@ -64,6 +65,7 @@ def create_app(pool: Pool, *, preload: bool = True) -> FastAPI:
                   description="A local LLM server for GGUF models: KoboldCpp, OpenAI and Ollama dialects.")
     app.state.pool = pool
     app.state.serving = Serving(pool)
+    app.state.genkeys = GenKeys()  # KoboldCpp's generate/check and abort (warren/api/kobold/genkeys.py)
     install_error_handlers(app)
     for router in (kobold_router, openai_router, ollama_router):
         app.include_router(router)

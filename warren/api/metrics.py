@@ -45,8 +45,8 @@ async def metrics(request: Request) -> str:
         inst = pool.instances.get(d["name"])
         series["model_requests_total"].append(f"warren_model_requests_total{{{m}}} {inst.requests if inst else 0}")
         series["model_tokens_total"].append(f"warren_model_tokens_total{{{m}}} {inst.tokens if inst else 0}")
-        speed = (inst.perf.last_token_count / inst.perf.last_eval_seconds
-                 if inst and inst.perf.last_eval_seconds else 0.0)
+        last = inst.last if inst else None
+        speed = last.completion_tokens / last.generation_seconds if last and last.generation_seconds else 0.0
         series["model_tokens_per_second"].append(f"warren_model_tokens_per_second{{{m}}} {speed:.3f}")
         series["model_loads_total"].append(f"warren_model_loads_total{{{m}}} {inst.loads if inst else 0}")
         series["model_evictions_total"].append(f"warren_model_evictions_total{{{m}}} {d['evictions']}")

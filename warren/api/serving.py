@@ -54,6 +54,7 @@ class Attempt:
     abort: asyncio.Event = field(default_factory=asyncio.Event)
     started: bool = False  # its turn came: shutdown lets it finish within the grace (until then it is cancelled)
     stopping: bool = False  # shutdown ended it
+    on_end: Callable[[], None] | None = None  # told once when the request is over
 
     def mark_started(self) -> None:
         self.started = True
@@ -67,6 +68,13 @@ class Serving:
         self.attempts: set[Attempt] = set()
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None
+
+    def finish(self, attempt: Attempt) -> None:
+        """The request is over (answered, failed, or its stream closed): once per attempt."""
+        if attempt in self.attempts:
+            self.attempts.discard(attempt)
+            if attempt.on_end is not None:
+                attempt.on_end()
 
     def drain(self, grace: float = DRAIN_GRACE) -> None:
         """Begin shutdown: refuse what waits, and give what runs ``grace`` seconds. Called from the event
@@ -189,7 +197,7 @@ class Started:
         if self.lease is not None:
             self.lease.release()
         if self.serving is not None and self.attempt is not None:
-            self.serving.attempts.discard(self.attempt)
+            self.serving.finish(self.attempt)
 
 
 class _GenerationResponse(StreamingResponse):
@@ -208,25 +216,34 @@ ParamsFor = Callable[[ModelInstance], GenerationParams]
 
 
 async def generate(request: Request, model: str | None, params_for: ParamsFor, *, stream: bool,
-                   constraints: Constraints | None = None, genkey: str = "",
-                   on_ready: Callable[[ModelInstance], None] | None = None) -> Started:
+                   constraints: Constraints | None = None, abort: asyncio.Event | None = None,
+                   on_ready: Callable[[ModelInstance], None] | None = None,
+                   on_start: Callable[[], None] | None = None, on_text: Callable[[str], None] | None = None,
+                   on_end: Callable[[], None] | None = None) -> Started:
     """Admit a generation on ``model`` (a name, a handle, or None for the active model) and start it.
 
     Not streamed: returns when the whole result is there (``Started.result``), the lease released. Streamed:
     returns once the first item is there (so an error up front is still an ordinary HTTP error), and the
     caller hands ``Started.events(...)`` to a ``StreamingResponse``, which releases the lease at its end.
-    ``on_ready`` sees the instance before the generation (Ollama's keep-alive). ``constraints`` (a grammar or
-    JSON schema) are checked first, off the event loop: a hostile one never gets a model loaded."""
+    ``constraints`` (a grammar or JSON schema) are checked first, off the event loop: a hostile one never
+    gets a model loaded. A dialect's own rules hang on the hooks: ``abort`` (an event that ends the
+    generation; KoboldCpp's abort by genkey), ``on_ready`` (the instance, before the generation: Ollama's
+    keep-alive), ``on_start`` (its turn came), ``on_text`` (every piece of text, streamed or not), ``on_end``
+    (the request is over, however it ended)."""
     serving = serving_of(request)
     if serving.draining:
         raise ServerStopping()
     if constraints is not None:
         await vet_request(constraints)
-    attempt = Attempt()
+    attempt = Attempt(abort=abort or asyncio.Event(), on_end=on_end)
     serving.attempts.add(attempt)
     began = time.perf_counter()
-
     ready_at = began
+
+    def started_now() -> None:
+        attempt.mark_started()
+        if on_start is not None:
+            on_start()
 
     def ready(instance: ModelInstance) -> None:
         nonlocal ready_at
@@ -235,8 +252,8 @@ async def generate(request: Request, model: str | None, params_for: ParamsFor, *
             on_ready(instance)
 
     async def admitted() -> Started:
-        a = await start_generation(serving.pool, model, params_for, stream=stream, genkey=genkey, abort=attempt.abort,
-                                   on_start=attempt.mark_started, on_ready=ready)
+        a = await start_generation(serving.pool, model, params_for, stream=stream, abort=attempt.abort,
+                                   on_start=started_now, on_text=on_text, on_ready=ready)
         started = Started(a.instance, a.params, ready_at - began, began, lease=a.lease, attempt=attempt,
                           serving=serving)
         if stream:
@@ -250,7 +267,7 @@ async def generate(request: Request, model: str | None, params_for: ParamsFor, *
     try:
         started = await _until_answered(request, attempt, admitted())
     except BaseException:
-        serving.attempts.discard(attempt)
+        serving.finish(attempt)
         raise
     if not stream:
         started.close()
@@ -276,5 +293,5 @@ async def admit(request: Request, model: str | None) -> tuple[ModelInstance, flo
     try:
         instance = await _until_answered(request, attempt, loaded())
     finally:
-        serving.attempts.discard(attempt)
+        serving.finish(attempt)
     return instance, time.perf_counter() - began

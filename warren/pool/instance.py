@@ -9,9 +9,10 @@ The instance is what every dialect talks to. It hides the worker's life from the
   wait behind the running one, more get ``Busy`` (503). A request whose worker ended while it waited
   (a crash, a frozen worker killed by the heartbeat) gets ``RequestNotStarted``, not the crash: it never
   ran, and the serving path runs it on the replacement (``warren/api/serving.py``).
-- **genkey**: KoboldCpp clients poll partial text (``/api/extra/generate/check``) and abort their own
-  generation by key; an abort for a queued key is remembered and that request returns empty text. A
-  request without a key is seen and aborted by nobody.
+- **Hooks, not dialect rules**: a request may bring an ``abort`` event (set, it ends early; set before
+  its turn came, it never reaches the worker) and an ``on_text`` callback (every piece of text the worker
+  sends, streamed or not). KoboldCpp's genkey polling and abort are built on them, in its dialect
+  (``warren/api/kobold/genkeys.py``); ``last`` and the counters feed its ``/api/extra/perf``.
 - **Culprits**: a request whose fingerprint crashed this model's worker before is refused
   (``warren/pool/culprits.py``); a crash during a generation is reported with that generation's
   parameters, so the pool charges it to the request.
@@ -29,7 +30,6 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed
@@ -55,23 +55,6 @@ class InstanceState(enum.StrEnum):
     LOAD_FAILED = "load_failed"
 
 
-@dataclass
-class Perf:
-    """KoboldCpp's /api/extra/perf figures for the last generation, plus counters."""
-
-    last_process_seconds: float = 0.0
-    last_eval_seconds: float = 0.0
-    last_input_count: int = 0
-    last_token_count: int = 0
-    last_seed: int = 0
-    stop_reason: int = -1  # KoboldCpp: -1 invalid, 0 out of tokens, 1 EOS, 2 custom stopper
-    total_gens: int = 0
-
-
-KOBOLD_STOP_REASON = {FinishReason.LENGTH: 0, FinishReason.STOP: 1, FinishReason.STOP_SEQUENCE: 2,
-                      FinishReason.ABORT: 0}
-
-
 class ModelInstance:
     def __init__(self, settings: ModelSettings, *, queue_limit: int = 6, heartbeat: bool = True,
                  on_exit: Callable[[ModelInstance, WarrenError, GenerationParams | None], None] | None = None,
@@ -94,7 +77,7 @@ class ModelInstance:
         self.last_exit_kind: str | None = None  # requested | load_failed | crashed | oom_suspected | hung | unrunnable
         self.last_error = ""
         self.last_used = 0.0
-        self.perf = Perf()
+        self.last: GenerationResult | None = None  # the last generation that ended (KoboldCpp's perf reads it)
         self.created = time.monotonic()
         self._starting: asyncio.Task[WorkerHandle] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -105,10 +88,6 @@ class ModelInstance:
         self.tokens = 0
         self._slot = asyncio.Lock()
         self._waiting = 0
-        self._running_key: str | None = None
-        self._partial: list[str] = []
-        self._pending_abort_key = ""
-        self._abort_current: asyncio.Event | None = None
 
     # -- identity and status ------------------------------------------------------------------------
     @property
@@ -281,12 +260,15 @@ class ModelInstance:
             self._slot.release()
 
     # -- generation ---------------------------------------------------------------------------------
-    async def generate(self, params: GenerationParams, *, stream: bool, genkey: str = "",
-                       abort: asyncio.Event | None = None, on_start: Callable[[], None] | None = None
+    async def generate(self, params: GenerationParams, *, stream: bool, abort: asyncio.Event | None = None,
+                       on_start: Callable[[], None] | None = None, on_text: Callable[[str], None] | None = None
                        ) -> AsyncIterator[str | GenerationResult]:
-        """Yield text pieces (when ``stream``) and finally the ``GenerationResult``. ``abort`` set ends the
-        generation early (finish reason ``abort``), as KoboldCpp's abort by genkey does; ``on_start`` is told
-        when the request's turn has come (it was queued until then).
+        """Yield text pieces (when ``stream``) and finally the ``GenerationResult``.
+
+        ``abort`` set ends the generation early (finish reason ``abort``); set before the request's turn
+        came, the request ends at its turn with empty text, never reaching the worker. ``on_start`` is told
+        when the turn has come (it was queued until then); ``on_text`` sees every piece of text the worker
+        sends, streamed or not.
 
         ``RequestNotStarted`` when the worker this request queued for died by its turn (crashed, killed
         as frozen or hung): it was never sent, so the caller may acquire the model again and retry it on
@@ -296,8 +278,7 @@ class ModelInstance:
         if self.culprits is not None:
             self.culprits.check(self.name, params)
         async with self._turn():
-            if genkey and genkey == self._pending_abort_key:
-                self._pending_abort_key = ""
+            if abort is not None and abort.is_set():
                 yield GenerationResult("", FinishReason.ABORT, 0, 0, 0.0, 0.0, 0)
                 return
             if queued_for is not None and (self.handle is not queued_for or not queued_for.alive):
@@ -311,29 +292,24 @@ class ModelInstance:
             if on_start is not None:
                 on_start()
             handle = self.require_ready()
-            self._running_key = genkey
-            self._partial = []
-            self._abort_current = abort = abort or asyncio.Event()
             self.last_used = time.monotonic()
             try:
-                async for item in self._run(handle, params, stream, abort):
+                async for item in self._run(handle, params, stream, abort or asyncio.Event(), on_text):
                     yield item
             except WorkerCrashed:
                 self._report_crash(handle)
                 raise
             finally:
-                self._running_key = None
-                self._abort_current = None
                 self.last_used = time.monotonic()
 
-    async def _run(self, handle: WorkerHandle, params: GenerationParams, stream: bool,
-                   abort: asyncio.Event) -> AsyncIterator[str | GenerationResult]:
-        frames = handle.generate(params, stream, abort, on_done=self._record_perf)
+    async def _run(self, handle: WorkerHandle, params: GenerationParams, stream: bool, abort: asyncio.Event,
+                   on_text: Callable[[str], None] | None) -> AsyncIterator[str | GenerationResult]:
+        frames = handle.generate(params, stream, abort, on_done=self._record)
         try:
             async for frame in frames:
                 if isinstance(frame, p.Token):
-                    if self._running_key:  # kept only for its owner's generate/check
-                        self._partial.append(frame.text)
+                    if on_text is not None:
+                        on_text(frame.text)
                     if stream:
                         yield frame.text
                 else:
@@ -341,43 +317,19 @@ class ModelInstance:
         finally:
             await frames.aclose()
 
-    def _record_perf(self, done: p.Done) -> None:
-        r = _result(done)
-        self.requests += 1
-        self.tokens += r.completion_tokens
-        self.perf = Perf(r.prompt_seconds, r.generation_seconds, r.prompt_tokens, r.completion_tokens, r.seed,
-                         KOBOLD_STOP_REASON[r.finish_reason], self.perf.total_gens + 1)
+    def _record(self, done: p.Done) -> None:
+        """Statistics of every generation that ended, also when nobody was left to read it."""
+        self.last = _result(done)
+        self.requests += 1  # generations that ended, aborted ones included
+        self.tokens += self.last.completion_tokens
 
-    async def complete(self, params: GenerationParams, genkey: str = "") -> GenerationResult:
+    async def complete(self, params: GenerationParams, abort: asyncio.Event | None = None) -> GenerationResult:
         result: GenerationResult | None = None
-        async for item in self.generate(params, stream=False, genkey=genkey):
+        async for item in self.generate(params, stream=False, abort=abort):
             if isinstance(item, GenerationResult):
                 result = item
         assert result is not None
         return result
-
-    # -- genkey: polling and abort ------------------------------------------------------------------
-    def partial_text(self, genkey: str = "") -> str:
-        """KoboldCpp generate/check: the running text, shown only to its owner — the request that carried
-        this genkey. A request without one (every OpenAI and Ollama request) is visible to nobody, where
-        KoboldCpp shows it to anyone while nobody else waits: here users do not read each other's work."""
-        if genkey and genkey == self._running_key:
-            return "".join(self._partial)
-        return ""
-
-    def abort(self, genkey: str = "") -> tuple[bool, bool]:
-        """KoboldCpp abort: (success, done). Aborts the running generation only for its own genkey, and
-        remembers a key that is still queued (KoboldCpp's pending abort). Without a key nothing is aborted:
-        one user cannot cut another's generation short."""
-        if not genkey:
-            return False, False
-        if self._running_key == genkey and self._abort_current is not None:
-            self._abort_current.set()
-            return True, True
-        if self._running_key is not None or self._waiting:
-            self._pending_abort_key = genkey
-            return True, False
-        return False, False
 
     # -- tokens -------------------------------------------------------------------------------------
     async def tokenize(self, text: str, special: bool = True) -> list[int]:

@@ -47,8 +47,8 @@ class Admitted:
 
 
 async def start_generation(pool: Pool, name: str | None, params_for: Callable[[ModelInstance], GenerationParams], *,
-                           stream: bool, genkey: str = "", abort: asyncio.Event | None = None,
-                           on_start: Callable[[], None] | None = None,
+                           stream: bool, abort: asyncio.Event | None = None,
+                           on_start: Callable[[], None] | None = None, on_text: Callable[[str], None] | None = None,
                            on_ready: Callable[[ModelInstance], None] | None = None) -> Admitted:
     """Acquire ``name`` (a model, a handle, or None for the active model), build the params for the ready
     instance (``on_ready`` sees it first), and start the generation: its first item is pulled, so an error
@@ -62,7 +62,7 @@ async def start_generation(pool: Pool, name: str | None, params_for: Callable[[M
                 on_ready(instance)
             params = params_for(instance)
             params.check()
-            gen = instance.generate(params, stream=stream, genkey=genkey, abort=abort, on_start=on_start)
+            gen = instance.generate(params, stream=stream, abort=abort, on_start=on_start, on_text=on_text)
             try:
                 first = await anext(gen)
             except BaseException:

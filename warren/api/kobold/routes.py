@@ -16,8 +16,9 @@ from warren import __version__
 from warren.api import serving, sse
 from warren.api.deps import bearer_ok, get_instance, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
+from warren.api.kobold.genkeys import GenKeys, Ticket
 from warren.api.kobold.schemas import DetokenizeRequest, GenerateRequest, GenKeyRequest, TokenizeRequest
-from warren.api.kobold.translate import constraints, finish_reason, to_params
+from warren.api.kobold.translate import constraints, finish_reason, perf_fields, to_params
 from warren.api.serving import Item
 from warren.errors import WarrenError
 from warren.params import GenerationResult
@@ -100,17 +101,10 @@ async def soft_prompts() -> dict[str, list[str]]:
 
 @_get(["/api/extra/perf"])
 async def perf(request: Request, instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
-    p = instance.perf
     now = time.monotonic()
     return {
-        "last_process": p.last_process_seconds * 1000 / max(p.last_input_count, 1),
-        "last_eval": p.last_eval_seconds * 1000 / max(p.last_token_count, 1),
-        "last_token_count": p.last_token_count, "last_input_count": p.last_input_count,
-        "last_process_time": p.last_process_seconds, "last_eval_time": p.last_eval_seconds,
-        "last_process_speed": p.last_input_count / p.last_process_seconds if p.last_process_seconds else 0,
-        "last_eval_speed": p.last_token_count / p.last_eval_seconds if p.last_eval_seconds else 0,
-        "last_seed": p.last_seed, "last_draft_success": 0, "last_draft_failed": 0, "total_gens": p.total_gens,
-        "stop_reason": p.stop_reason, "total_img_gens": 0, "total_tts_gens": 0, "total_transcribe_gens": 0,
+        **perf_fields(instance.last), "last_draft_success": 0, "last_draft_failed": 0,
+        "total_gens": instance.requests, "total_img_gens": 0, "total_tts_gens": 0, "total_transcribe_gens": 0,
         "queue": instance.queued, "idle": 0 if instance.busy else 1, "hordeexitcounter": 0,
         "uptime": now - instance.created, "idletime": (now - instance.last_used) if instance.last_used else 0.0,
         "quiet": get_pool(request).server.quiet,
@@ -124,22 +118,38 @@ def _result_body(r: GenerationResult) -> dict[str, Any]:
                          "completion_tokens": r.completion_tokens}]}
 
 
+def genkeys(request: Request) -> GenKeys:
+    keys: GenKeys = request.app.state.genkeys
+    return keys
+
+
+async def _generate(body: GenerateRequest, request: Request, *, stream: bool) -> serving.Started:
+    """The serving path with KoboldCpp's genkey rules hung on its hooks (``warren/api/kobold/genkeys.py``)."""
+    server, keys = get_pool(request).server, genkeys(request)
+    ticket = Ticket(body.genkey)
+    admitted_on: list[str] = []
+
+    def enter(instance: ModelInstance) -> None:
+        admitted_on.append(instance.name)
+        keys.enter(instance, ticket)
+
+    return await serving.generate(
+        request, model_from_path(request), lambda i: to_params(body, server, i.context_size), stream=stream,
+        constraints=constraints(body), abort=ticket.abort, on_ready=enter, on_start=ticket.mark_started,
+        on_text=ticket.add if body.genkey else None,
+        on_end=lambda: keys.leave(admitted_on[-1] if admitted_on else None, ticket))
+
+
 @_post(_both("/generate"), dependencies=protected)
 async def generate(body: GenerateRequest, request: Request) -> dict[str, Any]:
-    server = get_pool(request).server
-    done = await serving.generate(request, model_from_path(request),
-                                  lambda i: to_params(body, server, i.context_size), stream=False,
-                                  constraints=constraints(body), genkey=body.genkey)
+    done = await _generate(body, request, stream=False)
     assert done.result is not None
     return _result_body(done.result)
 
 
 @_post(["/api/extra/generate/stream"], dependencies=protected)
 async def generate_stream(body: GenerateRequest, request: Request) -> StreamingResponse:
-    server = get_pool(request).server
-    started = await serving.generate(request, model_from_path(request),
-                                     lambda i: to_params(body, server, i.context_size), stream=True,
-                                     constraints=constraints(body), genkey=body.genkey)
+    started = await _generate(body, request, stream=True)
 
     def on_item(item: Item) -> list[bytes]:
         if isinstance(item, str):
@@ -153,18 +163,20 @@ async def generate_stream(body: GenerateRequest, request: Request) -> StreamingR
 
 
 @_post(["/api/extra/generate/check"], dependencies=protected)
-async def check_post(body: GenKeyRequest, instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
-    return {"results": [{"text": instance.partial_text(body.genkey)}]}
+async def check_post(body: GenKeyRequest, request: Request, instance: ModelInstance = Depends(get_instance)
+                     ) -> dict[str, Any]:
+    return {"results": [{"text": genkeys(request).partial_text(instance, body.genkey)}]}
 
 
 @_get(["/api/extra/generate/check"], dependencies=protected)
-async def check_get(instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
-    return {"results": [{"text": instance.partial_text("")}]}
+async def check_get() -> dict[str, Any]:
+    return {"results": [{"text": ""}]}  # no genkey: nobody's generation is shown (warren/api/kobold/genkeys.py)
 
 
 @_post(["/api/extra/abort"], dependencies=protected)
-async def abort(body: GenKeyRequest, instance: ModelInstance = Depends(get_instance)) -> dict[str, str]:
-    success, done = instance.abort(body.genkey)
+async def abort(body: GenKeyRequest, request: Request, instance: ModelInstance = Depends(get_instance)
+                ) -> dict[str, str]:
+    success, done = genkeys(request).abort(instance, body.genkey)
     return {"success": str(success).lower(), "done": str(done).lower()}  # KoboldCpp sends strings
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from warren.api.kobold.schemas import GenerateRequest
 from warren.grammar import Constraints
-from warren.params import FinishReason, GenerationParams
+from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ServerSettings
 
 LOGIT_BIAS_LIMIT = 100.0  # KoboldCpp clamps biases to [-100, 100]
@@ -59,3 +59,24 @@ def to_params(req: GenerateRequest, server: ServerSettings, n_ctx: int) -> Gener
 def finish_reason(reason: FinishReason) -> str:
     """KoboldCpp says "stop" only for the end-of-sequence token; stop strings and length are "length"."""
     return "stop" if reason is FinishReason.STOP else "length"
+
+
+# KoboldCpp's stop_reason codes in /api/extra/perf: -1 invalid, 0 out of tokens, 1 EOS, 2 custom stopper.
+STOP_REASON = {FinishReason.LENGTH: 0, FinishReason.STOP: 1, FinishReason.STOP_SEQUENCE: 2, FinishReason.ABORT: 0}
+
+
+def perf_fields(last: GenerationResult | None) -> dict[str, float | int]:
+    """KoboldCpp's figures for the last generation (``/api/extra/perf``), from the pool's generic result."""
+    if last is None:
+        return {"last_process": 0.0, "last_eval": 0.0, "last_token_count": 0, "last_input_count": 0,
+                "last_process_time": 0.0, "last_eval_time": 0.0, "last_process_speed": 0, "last_eval_speed": 0,
+                "last_seed": 0, "stop_reason": -1}
+    return {
+        "last_process": last.prompt_seconds * 1000 / max(last.prompt_tokens, 1),
+        "last_eval": last.generation_seconds * 1000 / max(last.completion_tokens, 1),
+        "last_token_count": last.completion_tokens, "last_input_count": last.prompt_tokens,
+        "last_process_time": last.prompt_seconds, "last_eval_time": last.generation_seconds,
+        "last_process_speed": last.prompt_tokens / last.prompt_seconds if last.prompt_seconds else 0,
+        "last_eval_speed": last.completion_tokens / last.generation_seconds if last.generation_seconds else 0,
+        "last_seed": last.seed, "stop_reason": STOP_REASON[last.finish_reason],
+    }
