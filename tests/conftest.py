@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,17 +105,54 @@ def start_server(args: list[str], tmp: Path, *, wait_ready: bool = True) -> Serv
     raise AssertionError(f"warren did not become ready:\n{server.log()}")
 
 
-@pytest.fixture(scope="session")
-def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One real server on the default model, shared by the API tests that do not change its state."""
-    srv = start_server(["--model", str(model_path), "--contextsize", "2048"], tmp_path_factory.mktemp("srv"))
-    yield srv
-    srv.stop()
+class Servers:
+    """Starts real warren servers for a test (or a module, or the session) and stops every one at its end:
+    the one way the suite gets a server. ``models`` writes a catalog directory of ``.kcpps`` entries (name →
+    context size, each the default model) and serves it with ``--models-dir``."""
+
+    def __init__(self, tmp: Callable[[], Path], model: Path) -> None:
+        self.tmp, self.model, self.started = tmp, model, []
+
+    def start(self, *args: str, models: dict[str, int] | None = None, wait_ready: bool = True) -> Server:
+        folder = self.tmp()
+        flags = list(args)
+        if models is not None:
+            (folder / "models").mkdir()
+            flags += ["--models-dir", str(write_entries(folder / "models", self.model, models))]
+        srv = start_server(flags, folder, wait_ready=wait_ready)
+        self.started.append(srv)
+        return srv
+
+    def stop_all(self) -> None:
+        for srv in self.started:
+            srv.stop()
 
 
 @pytest.fixture
-def fresh_server(model_path: Path, tmp_path: Path) -> Iterator[Server]:
+def servers(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """Servers of a test's own, stopped when it ends."""
+    s = Servers(lambda: tmp_path_factory.mktemp("srv"), model_path)
+    yield s
+    s.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_servers(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """Servers shared by a module's tests, stopped after its last one."""
+    s = Servers(lambda: tmp_path_factory.mktemp("srv"), model_path)
+    yield s
+    s.stop_all()
+
+
+@pytest.fixture(scope="session")
+def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real server on the default model, shared by the API tests that do not change its state."""
+    s = Servers(lambda: tmp_path_factory.mktemp("srv"), model_path)
+    yield s.start("--model", str(model_path), "--contextsize", "2048")
+    s.stop_all()
+
+
+@pytest.fixture
+def fresh_server(servers: Servers, model_path: Path) -> Server:
     """A server of its own, for tests that kill workers or fill queues."""
-    srv = start_server(["--model", str(model_path), "--contextsize", "2048"], tmp_path)
-    yield srv
-    srv.stop()
+    return servers.start("--model", str(model_path), "--contextsize", "2048")

@@ -6,24 +6,19 @@ from __future__ import annotations
 import datetime
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import ollama
 import openai
 import pytest
 
-from tests.conftest import Server, start_server, write_entries
+from tests.conftest import Server, Servers
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
-    folder = write_entries(tmp_path_factory.mktemp("models"), model_path, {"alpha": 1024, "beta": 768})
-    server = start_server(["--nomodel", "--models-dir", str(folder), "--memory-budget", "200M",
-                           "--no-warm-spare"], tmp_path_factory.mktemp("srv"))
-    yield server
-    server.stop()
+def srv(module_servers: Servers) -> Server:
+    return module_servers.start("--nomodel", "--memory-budget", "200M", "--no-warm-spare",
+                                models={"alpha": 1024, "beta": 768})
 
 
 @pytest.fixture
@@ -102,11 +97,9 @@ def test_chat_system_and_stop(client: ollama.Client) -> None:
 
 def test_json_format_and_schema(client: ollama.Client) -> None:
     r = client.generate(model="alpha", prompt="Describe a cat as JSON.", format="json", stream=False,
-                        options={"temperature": 0, "num_predict": 60})
-    if r.done_reason == "stop":
-        assert isinstance(json.loads(r.response), dict)
-    else:
-        assert r.response.lstrip().startswith("{")
+                        options={"temperature": 0, "num_predict": 200})
+    assert r.done_reason == "stop"  # greedy: for this prompt the model closes the object well within the budget
+    assert isinstance(json.loads(r.response), dict)
     schema = {"type": "object", "properties": {"answer": {"type": "boolean"}}, "required": ["answer"]}
     r = client.generate(model="alpha", prompt="Is the sky blue?", format=schema, stream=False,
                         options={"temperature": 0, "num_predict": 30})

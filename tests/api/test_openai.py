@@ -73,13 +73,12 @@ def test_chat_stream_seed_and_usage(client: openai.OpenAI) -> None:
 def test_json_object_response_format(client: openai.OpenAI) -> None:
     import json
 
-    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Give me a JSON person."}],
-                                       max_tokens=60, temperature=0, response_format={"type": "json_object"})
-    content = r.choices[0].message.content or ""
-    if r.choices[0].finish_reason == "stop":
-        assert isinstance(json.loads(content), dict)
-    else:
-        assert content.lstrip().startswith("{")
+    prompt = "Output a JSON object describing a cat with keys name and age."
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                       max_tokens=200, temperature=0, response_format={"type": "json_object"})
+    # Greedy decoding is deterministic: for this prompt the model closes the object well within the budget.
+    assert r.choices[0].finish_reason == "stop"
+    assert set(json.loads(r.choices[0].message.content or "")) == {"name", "age"}
 
 
 def test_errors_in_openai_shape(client: openai.OpenAI) -> None:

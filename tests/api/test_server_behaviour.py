@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -45,8 +46,9 @@ def test_worker_killed_mid_stream_then_next_request_works(fresh_server: Server) 
 
 def test_worker_killed_while_idle_and_openai_stream_gets_the_error(fresh_server: Server) -> None:
     srv = fresh_server
-    os.kill(srv.worker_pid() or 0, signal.SIGSEGV)
-    time.sleep(0.5)
+    pid = srv.worker_pid()
+    os.kill(pid or 0, signal.SIGSEGV)
+    wait_for_pool(srv, lambda pool: pool["instances"][0]["state"] == "crashed" or pool["instances"][0]["pid"] != pid)
     client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
     r = client.completions.create(model="SmolLM2-135M-Instruct.Q4_1", prompt="Hi", max_tokens=4, temperature=0)
     assert r.choices[0].text  # the idle crash was noticed, a new worker serves
@@ -57,6 +59,25 @@ def test_worker_killed_while_idle_and_openai_stream_gets_the_error(fresh_server:
         for i, _chunk in enumerate(stream):
             if i == 2:
                 os.kill(pid or 0, signal.SIGABRT)
+
+
+def wait_for_perf(server: Server, done: Callable[[dict], bool], timeout: float = 30.0) -> dict:
+    """Poll ``/api/extra/perf`` until ``done`` holds for it; fail (not pass with a stale value) otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        perf = httpx.get(f"{server.url}/api/extra/perf").json()
+        if done(perf):
+            return perf
+        assert time.monotonic() < deadline, f"never reached: {perf}"
+
+
+def wait_for_pool(server: Server, done: Callable[[dict], bool], timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        pool = server.pool()
+        if done(pool):
+            return pool
+        assert time.monotonic() < deadline, f"never reached: {pool}"
 
 
 def test_password_protects_generation(model_path: Path, tmp_path: Path) -> None:
@@ -147,10 +168,5 @@ def test_client_leaving_a_stream_stops_the_generation(server: Server) -> None:
         for n, _line in enumerate(r.iter_lines()):
             if n > 6:
                 break  # leave after a few tokens: the connection closes here
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        perf = httpx.get(f"{server.url}/api/extra/perf").json()
-        if perf["total_gens"] > before and perf["idle"] == 1:
-            break
-        time.sleep(0.05)
+    perf = wait_for_perf(server, lambda perf: perf["total_gens"] > before and perf["idle"] == 1)
     assert perf["last_token_count"] < 1000, perf  # cancelled, not run to 1500 tokens

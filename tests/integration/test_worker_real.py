@@ -7,8 +7,6 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -189,36 +187,6 @@ async def test_closing_the_channel_ends_the_worker(worker: WorkerHandle) -> None
     await worker.stop()
     assert not psutil.pid_exists(pid)
     assert time.monotonic() - started < 2.0  # EOF, not the SIGTERM/SIGKILL escalation
-
-
-SUPERVISOR = """
-import asyncio, sys
-from pathlib import Path
-from warren.settings import ModelSettings
-from warren.worker.handle import WorkerHandle
-async def main():
-    h = WorkerHandle(ModelSettings(name="smol", path=Path(sys.argv[1]), context_size=512))
-    await h.start(); await h.load()
-    print(h.pid, flush=True)
-    await asyncio.sleep(3600)
-asyncio.run(main())
-"""
-
-
-def test_worker_dies_with_a_killed_supervisor(model_path: Path) -> None:
-    sup = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(model_path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert sup.stdout is not None
-        worker_pid = int(sup.stdout.readline())
-        assert psutil.pid_exists(worker_pid)
-        sup.kill()
-        sup.wait()
-        deadline = time.monotonic() + 2.0
-        while psutil.pid_exists(worker_pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not psutil.pid_exists(worker_pid), "the worker outlived its supervisor"
-    finally:
-        sup.kill()
 
 
 def rss(pid: int) -> int:

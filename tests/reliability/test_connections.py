@@ -6,25 +6,22 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from tests.conftest import Server, start_server
+from tests.conftest import Server, Servers
 
 HEADER_TIMEOUT, BODY_TIMEOUT, CAP = 1, 1, 8
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
-    server = start_server(["--model", str(model_path), "--contextsize", "2048", "--no-warm-spare",
-                           "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
-                           "--max-connections", str(CAP)], tmp_path_factory.mktemp("srv"))
-    yield server
-    server.stop()
+def srv(module_servers: Servers, model_path: Path) -> Server:
+    return module_servers.start("--model", str(model_path), "--contextsize", "2048", "--no-warm-spare",
+                                "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
+                                "--max-connections", str(CAP))
 
 
 def connect(srv: Server) -> socket.socket:

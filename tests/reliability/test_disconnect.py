@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Server, start_server, write_entries
+from tests.conftest import Server, Servers
 
 
 def counter(srv: Server, name: str, model: str) -> int:
@@ -32,13 +30,10 @@ def wait_until(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
-    folder = write_entries(tmp_path_factory.mktemp("models"), model_path, {"a": 512, "b": 512})
+def srv(module_servers: Servers) -> Server:
     # A budget that holds one of the two: b can only load by evicting a.
-    server = start_server(["--nomodel", "--models-dir", str(folder), "--memory-budget", "200M", "--no-warm-spare",
-                           "--no-park", "--multiuser", "8"], tmp_path_factory.mktemp("srv"))
-    yield server
-    server.stop()
+    return module_servers.start("--nomodel", "--memory-budget", "200M", "--no-warm-spare", "--no-park",
+                                "--multiuser", "8", models={"a": 512, "b": 512})
 
 
 def test_requests_whose_clients_left_stop_generating_and_leave_the_queue(srv: Server) -> None:

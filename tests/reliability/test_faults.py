@@ -15,14 +15,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from tests.conftest import ROOT, Server, free_port, start_server, write_entries
+from tests.conftest import ROOT, Server, Servers, free_port, start_server, write_entries
 
 STREAMS = {
     "kobold": lambda m: ("/m/" + m + "/api/extra/generate/stream",
@@ -35,13 +34,9 @@ STREAMS = {
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
-    folder = write_entries(tmp_path_factory.mktemp("models"), model_path,
-                           dict.fromkeys(("kobold", "openai", "ollama", "other"), 768))
-    server = start_server(["--nomodel", "--models-dir", str(folder), "--no-warm-spare"],
-                          tmp_path_factory.mktemp("srv"))
-    yield server
-    server.stop()
+def srv(module_servers: Servers) -> Server:
+    return module_servers.start("--nomodel", "--no-warm-spare",
+                                models=dict.fromkeys(("kobold", "openai", "ollama", "other"), 768))
 
 
 def wait_for(predicate, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]

@@ -18,20 +18,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Server, start_server
+from tests.conftest import Server, Servers
 
 GRAMMARS = Path(__file__).resolve().parent.parent / "fixtures" / "grammars"
 SEEDS = [p.read_text() for p in sorted(GRAMMARS.glob("*.gbnf"))] + ['root ::= " yes" | " no"', "root ::= [a-z]+"]
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+def srv(module_servers: Servers, model_path: Path) -> Server:
     # One thread: this test counts crashes, not tokens per second, and on a busy 2-core machine two
     # llama.cpp threads waiting on each other made it 6x slower (80 s instead of 12 s).
-    server = start_server(["--model", str(model_path), "--contextsize", "512", "--no-warm-spare", "--threads", "1"],
-                          tmp_path_factory.mktemp("srv"))
-    yield server
-    server.stop()
+    return module_servers.start("--model", str(model_path), "--contextsize", "512", "--no-warm-spare",
+                                "--threads", "1")
 
 
 # -- GBNF ---------------------------------------------------------------------------------------------------

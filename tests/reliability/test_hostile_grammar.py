@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Server, start_server, write_entries
+from tests.conftest import Server, Servers
 
 ZA = {"prompt": "x", "max_length": 2, "grammar": "root ::= [z-a]"}  # the issue's 14-byte grammar
 NESTED = "root ::= " + "(" * 100_000 + '"a"' + ")" * 100_000  # 200 KB
@@ -24,13 +23,10 @@ FAST = 1.5  # seconds: the checks take milliseconds; the rest is HTTP on a busy 
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+def srv(module_servers: Servers, model_path: Path) -> Server:
     """The default model, plus ``idle``, a catalog entry that nothing here should ever load."""
-    folder = write_entries(tmp_path_factory.mktemp("models"), model_path, {"idle": 512})
-    server = start_server(["--model", str(model_path), "--contextsize", "1024", "--models-dir", str(folder),
-                           "--no-warm-spare"], tmp_path_factory.mktemp("srv"))
-    yield server
-    server.stop()
+    return module_servers.start("--model", str(model_path), "--contextsize", "1024", "--no-warm-spare",
+                                models={"idle": 512})
 
 
 def model(srv: Server) -> dict[str, Any]:

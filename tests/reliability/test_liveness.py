@@ -13,13 +13,12 @@ import signal
 import statistics
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Server, start_server, write_entries
+from tests.conftest import Server, Servers, start_server
 
 LONG = {"prompt": "Write a long essay about the sea.", "max_tokens": 4000,
         "logit_bias": {"0": -100, "2": -100, "4": -100}}  # no end-of-generation token: it runs its length
@@ -97,12 +96,8 @@ QUEUED = {
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
-    folder = write_entries(tmp_path_factory.mktemp("models"), model_path, dict.fromkeys(STREAMS, 1024))
-    server = start_server(["--nomodel", "--models-dir", str(folder), "--no-warm-spare"],
-                          tmp_path_factory.mktemp("srv"))
-    yield server
-    server.stop()
+def srv(module_servers: Servers) -> Server:
+    return module_servers.start("--nomodel", "--no-warm-spare", models=dict.fromkeys(STREAMS, 1024))
 
 
 @pytest.mark.parametrize("dialect", list(STREAMS))

@@ -3,25 +3,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Server, start_server, write_entries
+from tests.conftest import Server, Servers
 
 GEN, ADMIN = "K", "K2"
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
-    folder = write_entries(tmp_path_factory.mktemp("models"), model_path, {"a": 512, "b": 512, "c": 512})
-    (folder / "active.kcpps").write_text(f'{{"model_param": "{model_path}", "contextsize": 512}}')
-    server = start_server(["--config", str(folder / "active.kcpps"), "--models-dir", str(folder), "--password", GEN,
-                           "--adminpassword", ADMIN, "--no-warm-spare"], tmp_path_factory.mktemp("srv"))
-    yield server
-    server.stop()
+def srv(module_servers: Servers, model_path: Path) -> Server:
+    return module_servers.start("--model", str(model_path), "--contextsize", "512", "--password", GEN,
+                                "--adminpassword", ADMIN, "--no-warm-spare", models={"a": 512, "b": 512, "c": 512})
 
 
 def as_user(srv: Server, path: str, body: dict) -> httpx.Response:

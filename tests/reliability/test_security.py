@@ -15,14 +15,13 @@ Each cell's expectation comes from ``allowed()``, which spells the rule out once
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Server, start_server
+from tests.conftest import Server, Servers, start_server
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 GEN_KEY, ADMIN_KEY = "pw-gen-8841", "pw-adm-5512"
@@ -97,14 +96,12 @@ def refused(route: Route, r: httpx.Response) -> bool:
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, model_path: Path
-           ) -> Iterator[tuple[str, Server]]:
-    flags = CONFIGS[request.param][0]
+def server(request: pytest.FixtureRequest, module_servers: Servers, tmp_path_factory: pytest.TempPathFactory,
+           model_path: Path) -> tuple[str, Server]:
     admindir = tmp_path_factory.mktemp("admin")
-    srv = start_server(["--model", str(model_path), "--contextsize", "512", "--admin", "--admindir", str(admindir),
-                        "--no-warm-spare", *flags], tmp_path_factory.mktemp("srv"))
-    yield request.param, srv
-    srv.stop()
+    return request.param, module_servers.start("--model", str(model_path), "--contextsize", "512", "--admin",
+                                               "--admindir", str(admindir), "--no-warm-spare",
+                                               *CONFIGS[request.param][0])
 
 
 def call(srv: Server, route: Route, key: str | None = None, **headers: str) -> httpx.Response:

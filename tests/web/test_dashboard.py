@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Server, start_server, write_entries
+from tests.conftest import ROOT, Server, Servers, start_server
 
 SHOTS = ROOT / "test-artifacts" / "dashboard"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -26,12 +26,9 @@ from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
-    folder = write_entries(tmp_path_factory.mktemp("models"), model_path, {"alpha": 512, "beta": 768})
-    server = start_server(["--nomodel", "--models-dir", str(folder), "--memory-budget", "200M",
-                           "--no-warm-spare", "--loadwait", "2"], tmp_path_factory.mktemp("srv"))
-    yield server
-    server.stop()
+def srv(module_servers: Servers) -> Server:
+    return module_servers.start("--nomodel", "--memory-budget", "200M", "--no-warm-spare", "--loadwait", "2",
+                                models={"alpha": 512, "beta": 768})
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +66,7 @@ def test_watch_load_stream_unload(page: Page, srv: Server) -> None:
     state = card(page, "alpha").locator('[data-role="state"]')
     expect(state).to_have_text("ready", timeout=30_000)
     expect(card(page, "alpha").locator('[data-role="handle"]')).to_have_text("alpha@1")
-    expect(card(page, "alpha").locator('[data-role="memory"]')).to_contain_text("measured 1")  # e.g. 135 MiB
+    expect(card(page, "alpha").locator('[data-role="memory"]')).to_contain_text("measured 1", timeout=15_000)  # 135 MiB…
     expect(card(page, "alpha").locator('[data-role="keep"]')).to_contain_text("unloads in")
     page.screenshot(path=str(SHOTS / "2-loaded.png"))
 
