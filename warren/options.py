@@ -5,7 +5,7 @@ KoboldCpp's key (the argparse ``dest``, which is also the JSON key in ``.kcpps``
 aliases and defaults. Each row also says what warren does with it:
 
 - ``SUPPORTED``: honoured.
-- ``ACCEPTED``: accepted with a warning that says why it has no effect (GUI-only flags, backend
+- ``ACCEPTED``: accepted with a note that says what warren does instead (GUI-only flags, backend
   selection, which llama-cpp-python fixes at build time).
 - ``REFUSED``: a KoboldCpp feature warren does not implement. On the command line it is an error
   that names the flag and the reason; in a ``.kcpps`` file (where every key is always present) a
@@ -56,6 +56,7 @@ S, A, R = Support.SUPPORTED, Support.ACCEPTED, Support.REFUSED
 K = Kind
 
 _GUI = "warren has no GUI launcher"
+_HORDE = "warren does not join the AI Horde; it serves only its own clients"
 _BACKEND = "the compute backend is fixed when llama-cpp-python is built; use --gpulayers to offload"
 _IMAGE = "image generation is not part of warren"
 _AUDIO = "speech models are not part of warren"
@@ -149,16 +150,18 @@ OPTIONS: tuple[Option, ...] = (
            support=R, reason="multi-GPU splits are not implemented"),
     Option("maingpu", ("--maingpu", "--main-gpu", "-mg"), K.INT, -1, support=R,
            reason="multi-GPU selection is not implemented"),
-    Option("lowvram", ("--lowvram", "-nkvo", "--no-kv-offload"), K.FLAG, False, support=R,
-           reason="KV-cache placement is not configurable"),
+    Option("lowvram", ("--lowvram", "-nkvo", "--no-kv-offload"), K.FLAG, False, support=A,
+           reason="the KV cache stays where llama.cpp puts it, with the offloaded layers"),
     Option("overridenativecontext", ("--overridenativecontext",), K.INT, 0, support=R,
            reason="use --ropeconfig instead"),
-    Option("noshift", ("--noshift", "--no-context-shift"), K.FLAG, False, support=R,
-           reason="warren does not shift context; over-long prompts are refused"),
-    Option("nofastforward", ("--nofastforward",), K.FLAG, False, support=R,
-           reason="prompt-cache reuse is not configurable"),
+    Option("noshift", ("--noshift", "--no-context-shift"), K.FLAG, False, support=A,
+           reason="warren does not shift the context yet: a prompt too long for it loses its oldest text, "
+                  "and the cached prefix is reused"),
+    Option("nofastforward", ("--nofastforward",), K.FLAG, False, support=A,
+           reason="warren always reuses the cached prompt prefix, which does not change the output"),
     Option("useswa", ("--useswa",), K.FLAG, False, support=R, reason="SWA caches are not configurable"),
-    Option("smartcontext", ("--smartcontext",), K.FLAG, False, support=R, reason="deprecated in KoboldCpp"),
+    Option("smartcontext", ("--smartcontext",), K.FLAG, False, support=A,
+           reason="deprecated in KoboldCpp; warren reuses the cached prompt prefix instead"),
     Option("lora", ("--lora",), K.STRS, None, support=R, reason="LoRA adapters are not implemented"),
     Option("loramult", ("--loramult",), K.FLOAT, 1.0, support=R, reason="LoRA adapters are not implemented"),
     Option("mmproj", ("--mmproj",), K.STR, None, support=R, reason="vision models are not implemented"),
@@ -187,14 +190,15 @@ OPTIONS: tuple[Option, ...] = (
            reason="classifier-free guidance is not implemented"),
     Option("chatcompletionsadapter", ("--chatcompletionsadapter",), K.STR, "AutoGuess", support=R,
            reason="chat requests always use the GGUF's own chat template"),
-    Option("jinja", ("--jinja",), K.FLAG, False, support=R,
-           reason="chat requests always use the GGUF's Jinja template; the flag is not needed"),
+    Option("jinja", ("--jinja",), K.FLAG, False, support=A,
+           reason="chat requests always use the GGUF's Jinja chat template when it has one"),
     Option("jinja_tools", ("--jinja_tools", "--jinja-tools"), K.FLAG, False, support=R,
            reason="tool calls are not implemented"),
     Option("ssl", ("--ssl",), K.STRS, None, support=R, reason="put a TLS-terminating proxy in front of warren"),
     Option("nocertify", ("--nocertify",), K.FLAG, False, support=R, reason="warren makes no outgoing requests"),
     Option("ratelimit", ("--ratelimit",), K.INT, 0, support=R, reason="rate limiting is not implemented"),
-    Option("remotetunnel", ("--remotetunnel",), K.FLAG, False, support=R, reason="tunnels are not implemented"),
+    Option("remotetunnel", ("--remotetunnel",), K.FLAG, False, support=A,
+           reason="warren serves on --host/--port only; put your own tunnel (cloudflared, ssh -R) in front"),
     Option("singleinstance", ("--singleinstance",), K.FLAG, False, support=R,
            reason="remote shutdown is not implemented"),
     Option("multiplayer", ("--multiplayer",), K.FLAG, False, support=R, reason="shared sessions are not implemented"),
@@ -208,11 +212,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("exporttemplate", ("--exporttemplate",), K.STR, "", support=R, reason="use --exportconfig"),
     Option("ignoremissing", ("--ignoremissing",), K.FLAG, False, support=R,
            reason="warren refuses missing files on purpose"),
-    Option("hordemodelname", ("--hordemodelname",), K.STR, "", support=R, reason="the AI Horde worker is not implemented"),
-    Option("hordeworkername", ("--hordeworkername",), K.STR, "", support=R, reason="the AI Horde worker is not implemented"),
-    Option("hordekey", ("--hordekey",), K.STR, "", support=R, reason="the AI Horde worker is not implemented"),
-    Option("hordemaxctx", ("--hordemaxctx",), K.INT, 0, support=R, reason="the AI Horde worker is not implemented"),
-    Option("hordegenlen", ("--hordegenlen",), K.INT, 0, support=R, reason="the AI Horde worker is not implemented"),
+    Option("hordeconfig", ("--hordeconfig",), K.STRS, None, support=A, reason=_HORDE),
+    Option("hordemodelname", ("--hordemodelname",), K.STR, "", support=A, reason=_HORDE),
+    Option("hordeworkername", ("--hordeworkername",), K.STR, "", support=A, reason=_HORDE),
+    Option("hordekey", ("--hordekey",), K.STR, "", support=A, reason=_HORDE),
+    Option("hordemaxctx", ("--hordemaxctx",), K.INT, 0, support=A, reason=_HORDE),
+    Option("hordegenlen", ("--hordegenlen",), K.INT, 0, support=A, reason=_HORDE),
     Option("sdmodel", ("--sdmodel",), K.STR, "", support=R, reason=_IMAGE),
     Option("sdthreads", ("--sdthreads",), K.INT, 0, support=R, reason=_IMAGE),
     Option("sdvae", ("--sdvae",), K.STR, "", support=R, reason=_IMAGE),

@@ -231,8 +231,9 @@ def rule_admin_dir(ctx: RuleContext) -> Iterator[Finding]:
     if not ctx.opts["admin"]:
         return
     admin_dir = ctx.opts["admindir"]
-    if not admin_dir:
-        yield err("--admin needs --admindir", "give the directory of .gguf/.kcpps files the admin API may load")
+    if not admin_dir:  # KoboldCpp turns admin mode off here too, with a warning
+        yield Finding(Level.WARNING, "--admin without --admindir: admin mode stays off (it has no files to load); "
+                      "give --admindir DIR to swap models at run time", fix={"admin": False})
     elif not Path(admin_dir).is_dir():
         yield err(f"--admindir {admin_dir} is not an existing directory", "create it or fix the path")
 

@@ -31,10 +31,8 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], words: str) -> 
     (["--usemlock", "--nommap"], "--usemlock with --nommap is refused"),
     (["--batchsize", "100"], "--batchsize 100 is not a valid choice"),
     (["--password", ""], "--password is empty"),
-    (["--admin"], "--admin needs --admindir"),
     (["--sdmodel", "x.safetensors"], "--sdmodel is a KoboldCpp flag warren does not implement"),
     (["--lora", "a.gguf"], "--lora is a KoboldCpp flag warren does not implement"),
-    (["--noshift"], "--noshift is a KoboldCpp flag warren does not implement"),
     (["--config", "/no/such.kcpps"], "does not exist"),
     (["--nosuchflag"], "unrecognized arguments: --nosuchflag"),
 ])
@@ -89,12 +87,41 @@ def test_check_with_no_model_uses_the_embedded_default() -> None:
     assert "embedded default model" in result.stderr
 
 
-def test_accepted_gui_flags_warn(model_path: Path) -> None:
+def test_accepted_gui_flags_get_a_note(model_path: Path) -> None:
     result = warren("--check", str(model_path), "--skiplauncher", "--usecublas", "normal", "--port",
                     str(free_port()))
     assert result.returncode == 0, result.stderr
-    assert "warning: --skiplauncher has no effect" in result.stderr
-    assert "warning: --usecuda has no effect" in result.stderr
+    assert "note: --skiplauncher is taken and has no effect" in result.stderr
+    assert "note: --usecuda is taken and has no effect" in result.stderr
+
+
+@pytest.mark.parametrize("flags", [
+    # KoboldCpp's Colab launch line
+    ["--usecublas", "0", "mmq", "--multiuser", "--gpulayers", "99", "--contextsize", "4096", "--quiet",
+     "--remotetunnel"],
+    ["--smartcontext", "--noshift", "--nofastforward", "--jinja", "--lowvram"],
+    ["--hordeconfig", "mymodel", "16", "512", "--hordekey", "k", "--hordeworkername", "w", "--hordemodelname", "m",
+     "--hordemaxctx", "2048", "--hordegenlen", "120"],
+    ["--admin"],
+])
+def test_launch_lines_people_have_start_with_a_note_each(model_path: Path, flags: list[str]) -> None:
+    result = warren("--check", str(model_path), *flags, "--port", str(free_port()))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "error:" not in result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith(("note: --", "warning: --"))]
+    named = {f for f in flags if f.startswith("--") and f not in ("--contextsize", "--gpulayers", "--multiuser",
+                                                                  "--quiet")}
+    for flag in named:
+        assert any(line.split(":", 2)[1].strip().startswith(flag.replace("--usecublas", "--usecuda")) for line in notes), \
+            (flag, notes)
+
+
+@pytest.mark.parametrize(("flag", "words"), [
+    (["--mmproj", "x.gguf"], "--mmproj is a KoboldCpp flag warren does not implement: vision models"),
+    (["--draftmodel", "x.gguf"], "--draftmodel is a KoboldCpp flag warren does not implement: speculative decoding"),
+])
+def test_flags_whose_absence_would_change_the_result_are_refused(flag: list[str], words: str) -> None:
+    assert_clean_error(warren(*flag), words)
 
 
 def test_analyze(model_path: Path) -> None:

@@ -52,7 +52,7 @@ ROWS: list[tuple[str, dict[str, Any], set[str], Environment, Level, str, dict[st
     ("request size", {"maxrequestsize": 0}, set(), NO_LIMIT, Level.ERROR, "--maxrequestsize 0", {}),
     ("empty password", {"password": ""}, set(), NO_LIMIT, Level.ERROR, "--password is empty", {}),
     ("blank admin password", {"adminpassword": "  "}, set(), NO_LIMIT, Level.ERROR, "--adminpassword is empty", {}),
-    ("admin without dir", {"admin": True}, set(), NO_LIMIT, Level.ERROR, "--admin needs --admindir", {}),
+    ("admin without dir", {"admin": True}, set(), NO_LIMIT, Level.WARNING, "admin mode stays off", {"admin": False}),
     ("admin dir missing", {"admin": True, "admindir": "/no/such/dir"}, set(), NO_LIMIT, Level.ERROR,
      "is not an existing directory", {}),
     ("gpu layers clamped", {"gpulayers": 99}, set(), NO_LIMIT, Level.NOTE, "clamped to 31", {"gpulayers": 31}),
@@ -92,6 +92,8 @@ def test_rule(model_path: Path, changes: dict[str, Any], explicit: set[str], env
             assert plan.model is not None and plan.model.use_mmap and plan.model.use_mlock
         elif key == "model":
             assert plan.model is None
+        elif key == "admin":
+            assert plan.server.admin is value
 
 
 @pytest.mark.parametrize(("setup", "words"), [

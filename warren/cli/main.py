@@ -44,7 +44,7 @@ def parse(argv: list[str] | None) -> tuple[dict[str, Any], set[str], dict[str, A
         raise ConfigError(f"{o.flags[0]} is a KoboldCpp flag warren does not implement: {o.reason}",
                           hint="remove it from the command line")
     for key in [k for k in ns if k in BY_KEY and BY_KEY[k].support is Support.ACCEPTED]:
-        _say("warning", f"{_flag(key)} has no effect in warren: {BY_KEY[key].reason}")
+        _say("note", f"{_flag(key)} is taken and has no effect: {BY_KEY[key].reason}")
 
     model_param = ns.pop("model_param", None)
     if model_param is not None:
