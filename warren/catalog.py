@@ -103,6 +103,7 @@ class Catalog:
         self._infos: dict[str, tuple[tuple[Any, ...], GGUFInfo]] = {}
         self._toml_cache: tuple[tuple[int, int], list[CatalogEntry]] | None = None
         self._installed: dict[str, tuple[str, str]] = {}  # reload_config entries with an override: name -> files
+        self.skipped: dict[str, str] = {}  # files of the directories that are not served: path -> why
 
     # -- building entries -----------------------------------------------------------------------------
     def _server_opts(self) -> dict[str, Any]:
@@ -255,11 +256,13 @@ class Catalog:
                 continue
             for filename in names:
                 path = self.inside(folder, filename)
-                if path is not None:
-                    key = (str(path), _stat_key(path), "file")
-                    add(self._from_file(path, str(folder)))
-                    if key in self._cache:
-                        used[key] = self._cache[key]
+                if path is None:
+                    self._skip(folder / filename, self._why_not(folder, filename))
+                    continue
+                key = (str(path), _stat_key(path), "file")
+                add(self._from_file(path, str(folder)))
+                if key in self._cache:
+                    used[key] = self._cache[key]
         for name, (filename, override) in list(self._installed.items()):
             try:
                 add(self._admin_entry(filename, override))
@@ -352,16 +355,33 @@ class Catalog:
 
     @staticmethod
     def inside(folder: Path, filename: str) -> Path | None:
-        """``folder/filename`` if it is a model file directly inside ``folder`` after resolving links."""
+        """``folder/filename`` if ``filename`` is a model file's name directly in ``folder`` (no path, no
+        ``..``) and it is, or links to, a readable file. The restriction is on the names a client may ask
+        for: a link the operator put in the directory is followed wherever it points (Hugging Face's cache is
+        a tree of links), since only the operator can create one there."""
         if not filename or "/" in filename or "\\" in filename or "\0" in filename or filename in (".", ".."):
             return None
         if not filename.lower().endswith(MODEL_FILE_SUFFIXES):
             return None
         path = folder / filename
         try:
-            resolved = path.resolve(strict=True)
-        except OSError:
+            if not path.resolve(strict=True).is_file():
+                return None
+        except (OSError, RuntimeError):  # a dangling or looping link
             return None
-        if resolved.parent != folder.resolve() or not resolved.is_file():
-            return None  # a symlink that leads out of the directory
         return path
+
+    @staticmethod
+    def _why_not(folder: Path, filename: str) -> str:
+        path = folder / filename
+        if not filename.lower().endswith(MODEL_FILE_SUFFIXES):
+            return "not a .gguf, .kcpps or .kcppt file"
+        if path.is_symlink() and not path.exists():
+            return f"a link to {os.readlink(path)}, which does not exist"
+        return "not a regular file" if path.exists() else "gone while listing"
+
+    def _skip(self, path: Path, reason: str) -> None:
+        """Name each file of a models directory that is not served, once, with the reason."""
+        if self.skipped.get(str(path)) != reason:
+            self.skipped[str(path)] = reason
+            log.warning("models directory file skipped file=%s reason=%s", path, reason)

@@ -104,17 +104,27 @@ def test_toml_catalog_errors(tmp_path: Path, content: str, words: str) -> None:
         Catalog(base(), catalog_file=file).refresh()
 
 
-def test_admin_file_lookup_stays_inside_the_directory(tmp_path: Path, model_path: Path) -> None:
+def test_admin_file_lookup_takes_names_in_the_directory_and_follows_the_operators_links(tmp_path: Path,
+                                                                                        model_path: Path) -> None:
     inside = tmp_path / "models"
     inside.mkdir()
-    (inside / "ok.gguf").symlink_to(model_path)  # a link to a file outside is refused
+    (inside / "ok.gguf").symlink_to(model_path)  # the operator's link to a file elsewhere is followed
     (tmp_path / "real.gguf").write_bytes(b"GGUF")
-    (inside / "local.gguf").symlink_to(inside / "ok.gguf")
-    assert Catalog.inside(inside, "ok.gguf") is None
-    assert Catalog.inside(inside, "../real.gguf") is None
-    assert Catalog.inside(inside, "x.txt") is None
+    (inside / "dangling.gguf").symlink_to(tmp_path / "nowhere.gguf")
+    (inside / "loop.gguf").symlink_to(inside / "loop.gguf")
+    (inside / "sub.gguf").mkdir()
+    assert Catalog.inside(inside, "ok.gguf") == inside / "ok.gguf"
+    for name in ("../real.gguf", "x.txt", "dangling.gguf", "loop.gguf", "sub.gguf", "", "..", "a\0.gguf"):
+        assert Catalog.inside(inside, name) is None, name
     (inside / "own.gguf").write_bytes(b"GGUF")
     assert Catalog.inside(inside, "own.gguf") == inside / "own.gguf"
+    (inside / "notes.txt").write_text("x")
+    catalog = Catalog(defaults(), dirs=(inside,))
+    catalog.refresh()
+    assert catalog.skipped == {str(inside / "dangling.gguf"): f"a link to {tmp_path / 'nowhere.gguf'}, which does not exist",
+                               str(inside / "loop.gguf"): f"a link to {inside / 'loop.gguf'}, which does not exist",
+                               str(inside / "notes.txt"): "not a .gguf, .kcpps or .kcppt file",
+                               str(inside / "sub.gguf"): "not a regular file"}
 
 
 def test_units() -> None:

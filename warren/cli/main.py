@@ -133,6 +133,8 @@ def build_catalog(plan: Plan, opts: dict[str, Any]) -> Catalog:
     for entry in catalog.entries.values():
         if not entry.valid:
             _say("warning", f"model {entry.name!r} ({entry.source}) cannot be loaded: {entry.error}")
+    for path, reason in catalog.skipped.items():
+        _say("note", f"{path} is not served: {reason}")
     active = catalog.entries.get(plan.model.name) if plan.model else None
     if active is not None and active.estimate and active.estimate.total > plan.server.memory_budget:
         raise ConfigError(f"the model {active.name!r} needs about {active.estimate.total // 2**20} MiB, more than the "
