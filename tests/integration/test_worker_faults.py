@@ -100,7 +100,10 @@ async def test_stop_escalates_to_sigkill_for_a_wedged_worker(caplog: pytest.LogC
     await handle.load()
     gen = handle.generate(GenerationParams(prompt="x", max_tokens=50), True)
     assert isinstance(await anext(gen), p.Token) and isinstance(await anext(gen), p.Token)
-    # Tokens 0 and 1 are out, so the engine is in on_token(2): wedged in native code holding the GIL.
+    # Tokens 0 and 1 are out; wait until the engine's thread (the process's main thread) is in its native sleep,
+    # holding the GIL: /proc shows the system call it is in (clock_nanosleep or nanosleep).
+    while Path(f"/proc/{handle.pid}/syscall").read_text().split()[0] not in ("230", "35"):
+        await asyncio.sleep(0.01)
     await handle.stop(grace=0.3)
     assert not psutil.pid_exists(handle.pid)
     messages = " ".join(r.getMessage() for r in caplog.records)
