@@ -106,7 +106,7 @@ def test_sigterm_finishes_in_flight_work_and_stops_every_worker(tmp_path: Path, 
 
     def stream() -> None:
         with httpx.stream("POST", f"{server.url}/api/extra/generate/stream", timeout=60,
-                          json={"prompt": "Once", "max_length": 60, "ban_eos_token": True}) as r:
+                          json={"prompt": "Once", "max_length": 20, "ban_eos_token": True}) as r:
             events.extend(line for line in r.iter_lines() if line.startswith("data:"))
 
     t = threading.Thread(target=stream)

@@ -4,6 +4,7 @@ unload, see a crash. Screenshots of the main states go to ``test-artifacts/dashb
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 from collections.abc import Iterator
@@ -66,7 +67,9 @@ def test_watch_load_stream_unload(page: Page, srv: Server) -> None:
     state = card(page, "alpha").locator('[data-role="state"]')
     expect(state).to_have_text("ready", timeout=30_000)
     expect(card(page, "alpha").locator('[data-role="handle"]')).to_have_text("alpha@1")
-    expect(card(page, "alpha").locator('[data-role="memory"]')).to_contain_text("measured 1", timeout=15_000)  # 135 MiB…
+    # The measured PSS (~135 MiB alone; less while another process maps the same GGUF and shares its pages).
+    expect(card(page, "alpha").locator('[data-role="memory"]')).to_contain_text(re.compile(r"measured \d+ MiB"),
+                                                                               timeout=15_000)
     expect(card(page, "alpha").locator('[data-role="keep"]')).to_contain_text("unloads in")
     page.screenshot(path=str(SHOTS / "2-loaded.png"))
 
