@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 import weakref
@@ -35,23 +34,12 @@ from typing import Any
 from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.pool.culprits import Culprits
+from warren.pool.state import InstanceState
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
 from warren.worker.handle import WorkerHandle
 
 log = logging.getLogger(__name__)
-
-
-class InstanceState(enum.StrEnum):
-    UNLOADED = "unloaded"
-    STARTING = "starting"
-    LOADING = "loading"
-    READY = "ready"
-    BUSY = "busy"
-    PARKED = "parked"
-    STOPPING = "stopping"
-    CRASHED = "crashed"
-    LOAD_FAILED = "load_failed"
 
 
 @dataclass
@@ -133,7 +121,7 @@ class ModelInstance:
     def status(self) -> dict[str, Any]:
         h = self.handle
         return {
-            "name": self.name, "handle": self.handle_id if h else None, "state": self._current_state().value,
+            "name": self.name, "handle": self.handle_id if h else None, "state": self.current_state.value,
             "pid": h.pid if h and h.alive else None, "progress": h.progress if h else 0.0,
             "load_seconds": h.load_seconds if h else None, "in_flight": int(self.busy), "queued": self._waiting,
             "restarts": self.restarts, "last_exit": self.last_exit or None, "last_exit_kind": self.last_exit_kind,
@@ -141,7 +129,9 @@ class ModelInstance:
             "context_size": self.context_size, "path": str(self.settings.path),
         }
 
-    def _current_state(self) -> InstanceState:
+    @property
+    def current_state(self) -> InstanceState:
+        """Its own state, ``busy`` while a generation holds its turn (the shown one: ``pool/state.py``)."""
         if self.state is InstanceState.READY and self.busy:
             return InstanceState.BUSY
         return self.state

@@ -38,8 +38,9 @@ from warren.params import GenerationParams
 from warren.pool.culprits import Culprits
 from warren.pool.events import EventBus
 from warren.pool.gpu_memory import GpuMemory
-from warren.pool.instance import InstanceState, ModelInstance
-from warren.pool.policy import Phase, PoolPolicy, Resident
+from warren.pool.instance import ModelInstance
+from warren.pool.policy import PoolPolicy, Resident
+from warren.pool.state import InstanceState, state_of
 from warren.settings import ModelSettings, ServerSettings
 from warren.worker.handle import WorkerHandle
 
@@ -269,8 +270,8 @@ class Pool:
     def _check_handle(self, name: str, generation: int) -> None:
         inst = self.instances.get(name)
         resident = self.policy.residents.get(name)
-        if inst is None or inst.generation != generation or resident is None or resident.phase is Phase.STOPPING:
-            now = f"; it is now {inst.handle_id}" if inst and resident and resident.phase is not Phase.STOPPING \
+        if inst is None or inst.generation != generation or resident is None or resident.phase is InstanceState.STOPPING:
+            now = f"; it is now {inst.handle_id}" if inst and resident and resident.phase is not InstanceState.STOPPING \
                 else ""
             raise HandleGone(f"handle {name}@{generation} is gone: that instance of model {name!r} was unloaded{now}",
                              hint=f"address the model as {name!r} to get whichever instance serves it", model=name)
@@ -405,7 +406,7 @@ class Pool:
 
     def _park_failed(self, model: str, error: WarrenError) -> None:
         resident = self.policy.residents.get(model)
-        if self._closing or resident is None or resident.phase is not Phase.PARKED:
+        if self._closing or resident is None or resident.phase is not InstanceState.PARKED:
             return  # stopped meanwhile (its channel closed under the Park request): nothing to undo
         log.warning("could not park model=%s error=%s; unloading it", model, error.message)
         self.policy.unload(model, f"could not park: {error.message}", self.clock())
@@ -643,8 +644,8 @@ class Pool:
         """Measure idle instances only: a busy one is using both cores, and its footprint is not moving."""
         for name, resident in self.policy.residents.items():
             inst = self.instances.get(name)
-            if resident.phase in (Phase.READY, Phase.PARKED) and not resident.in_flight and inst and inst.handle \
-                    and inst.handle.alive and inst.parked == (resident.phase is Phase.PARKED):
+            if resident.phase in (InstanceState.READY, InstanceState.PARKED) and not resident.in_flight and inst and inst.handle \
+                    and inst.handle.alive and inst.parked == (resident.phase is InstanceState.PARKED):
                 footprint = self._footprint(name, inst.handle.pid)
                 if footprint:
                     self._record_footprint(name, footprint, parked=inst.parked)
@@ -664,8 +665,8 @@ class Pool:
     def _totals(self) -> dict[str, int]:
         """Budget figures. The warm spare is not reserved (the next load adopts it, inside that load's
         own reservation) and is only started when the budget has room for it; ``spare`` shows it."""
-        measured = sum(self._measured.get(n, 0) for n, r in self.policy.residents.items() if r.phase is Phase.READY)
-        parked = sum(r.bytes for r in self.policy.residents.values() if r.phase is Phase.PARKED)
+        measured = sum(self._measured.get(n, 0) for n, r in self.policy.residents.items() if r.phase is InstanceState.READY)
+        parked = sum(r.bytes for r in self.policy.residents.values() if r.phase is InstanceState.PARKED)
         spare = self._spare_bytes if self._spare is not None else 0
         return {"budget": self.policy.budget, "reserved": self.policy.reserved, "measured": measured,
                 "parked": parked, "spare": spare}
@@ -674,11 +675,10 @@ class Pool:
         entry = self.catalog.entries.get(name)
         inst = self.instances.get(name)
         resident = self.policy.residents.get(name)
-        status = inst.status() if inst else {"name": name, "handle": None, "state": "unloaded", "pid": None}
-        if inst and resident is None and status["state"] in ("ready", "busy", "loading", "starting", "parked"):
-            status["state"] = "unloaded"
-        if name in self._quarantine and status["state"] not in ("ready", "busy"):
-            status["state"] = "load_failed" if inst is None or inst.state is not InstanceState.CRASHED else "crashed"
+        status = inst.status() if inst else {"name": name, "handle": None, "state": None, "pid": None}
+        status["state"] = state_of(inst.current_state if inst else None, resident.phase if resident else None,
+                                   quarantined=name in self._quarantine).value
+        if name in self._quarantine:
             status["quarantined"] = self._quarantine[name][1]
         now = self.clock()
         keep = None
