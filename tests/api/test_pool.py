@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import Server, start_server, write_entries
-from warren.pool.gpu_memory import GpuMemory
+from warren.worker.gpu_memory import GpuMemory
 
 BODY = {"prompt": "Once upon a time", "max_length": 8, "temperature": 0}
 

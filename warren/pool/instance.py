@@ -38,6 +38,7 @@ from warren.pool.state import InstanceState
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
 from warren.worker.handle import WorkerHandle
+from warren.worker.launcher import ExitKind, Launcher
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,13 @@ KOBOLD_STOP_REASON = {FinishReason.LENGTH: 0, FinishReason.STOP: 1, FinishReason
 
 
 class ModelInstance:
-    def __init__(self, settings: ModelSettings, *, queue_limit: int = 6, heartbeat: bool = True,
+    def __init__(self, settings: ModelSettings, *, launcher: Launcher | None = None, queue_limit: int = 6,
+                 heartbeat: bool = True,
                  on_exit: Callable[[ModelInstance, WarrenError, GenerationParams | None], None] | None = None,
                  on_progress: Callable[[ModelInstance], None] | None = None, culprits: Culprits | None = None
                  ) -> None:
         self.settings = settings
+        self.launcher = launcher  # what starts its workers (``WorkerHandle``'s default: a local subprocess)
         self.on_progress = on_progress  # told as the worker reports load progress
         # Told when a worker ends by itself (crash), not when we stop it, with the generation that was
         # running if the crash happened during one ("crashed" exits only).
@@ -78,7 +81,7 @@ class ModelInstance:
         self.state = InstanceState.UNLOADED
         self.restarts = 0
         self.last_exit = ""
-        self.last_exit_kind: str | None = None  # requested | load_failed | crashed | oom_suspected | hung | unrunnable
+        self.last_exit_kind: ExitKind | None = None
         self.last_error = ""
         self.last_used = 0.0
         self.perf = Perf()
@@ -189,7 +192,7 @@ class ModelInstance:
                 handle.adopt(self.settings)
                 self.handle = handle
             else:
-                handle = WorkerHandle(self.settings, heartbeat=self.heartbeat)
+                handle = WorkerHandle(self.settings, launcher=self.launcher, heartbeat=self.heartbeat)
                 self.handle = handle
             if self.on_progress is not None:
                 handle.on_progress = lambda: self.on_progress(self) if self.on_progress else None
@@ -202,7 +205,8 @@ class ModelInstance:
         except WarrenError as exc:
             self.state = InstanceState.CRASHED if isinstance(exc, WorkerCrashed) else InstanceState.LOAD_FAILED
             self.last_error = exc.message
-            self.last_exit_kind = (handle.exit_kind or "crashed") if isinstance(exc, WorkerCrashed) else "load_failed"
+            self.last_exit_kind = (handle.exit_kind or ExitKind.CRASHED) if isinstance(exc, WorkerCrashed) \
+                else ExitKind.LOAD_FAILED
             if isinstance(exc, WorkerCrashed):
                 self.last_exit = exc.message
             await handle.stop()
@@ -230,7 +234,7 @@ class ModelInstance:
         self.crashes += 1
         self.state = InstanceState.CRASHED
         self.last_exit = handle.exit_error.message
-        self.last_exit_kind = handle.exit_kind or "crashed"
+        self.last_exit_kind = handle.exit_kind or ExitKind.CRASHED
         if self.on_exit is not None:
             self.on_exit(self, handle.exit_error, handle.crashed_during)
 

@@ -21,8 +21,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from warren.catalog import Catalog, CatalogEntry
 from warren.errors import (
     Forbidden,
@@ -37,12 +35,13 @@ from warren.gguf.estimate import WORKER_BASE_BYTES
 from warren.params import GenerationParams
 from warren.pool.culprits import Culprits
 from warren.pool.events import EventBus
-from warren.pool.gpu_memory import GpuMemory
 from warren.pool.instance import ModelInstance
 from warren.pool.policy import PoolPolicy, Resident
 from warren.pool.state import InstanceState, state_of
 from warren.settings import ModelSettings, ServerSettings
+from warren.worker.gpu_memory import GpuMemory
 from warren.worker.handle import WorkerHandle
+from warren.worker.local import measure_footprint
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +57,6 @@ SPARE_DELAY = 0.2  # seconds after a load before the next warm spare starts (let
 MEASURE_DELAY = 0.3  # seconds after a load before its first memory measurement (likewise)
 BYTES_PER_TOKEN = 32  # a token is ~4 characters of text; JSON escapes and UTF-8 take a few times that at most
 BODY_SLACK = 2**20  # on top of the prompt: the rest of a request's JSON (messages, samplers, grammars)
-
-
-def measure_footprint(pid: int) -> int:
-    """Private + proportional shared memory of one worker (PSS), else RSS.
-
-    ``/proc/PID/smaps_rollup`` is summed by the kernel; psutil's ``memory_full_info`` parses the whole
-    ``smaps`` in Python, which costs tens of milliseconds of CPU for a process with a model mapped."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error:
-        return 0
 
 
 def split_handle(name: str) -> tuple[str, int | None]:

@@ -1,6 +1,6 @@
 """The worker process: one model, served over the inherited channel until EOF.
 
-Started by ``warren.worker.launcher`` as ``python -m warren.worker.child --fd N --parent PID``: a fresh
+Started by the local launcher (``warren/worker/local.py``) as ``python -m warren.worker.child --fd N --parent PID``: a fresh
 interpreter (spawn semantics, never fork), so no supervisor state, thread or lock is inherited.
 
 Threads:
