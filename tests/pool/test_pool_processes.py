@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from tests.fakes.app import FixedCatalog, fake_entry
 from tests.fakes.fake_clock import FakeClock
-from tests.pool.test_pool_runtime import FixedCatalog, entry
 from warren.catalog import CatalogEntry
 from warren.errors import HandleGone, Quarantined, WorkerCrashed
 from warren.params import GenerationParams, GenerationResult
@@ -64,7 +64,7 @@ async def test_a_worker_killed_by_sigill_is_quarantined_at_once_with_its_cause( 
     client, the log and /api/pool name the cause, and the pool does not start it again (no crash loop)."""
     cause = "killed by SIGILL: the llama.cpp build uses CPU instructions this machine cannot run; rebuild it " \
             "with ./dev.sh rebuild-engine"
-    pool = local_pool([entry("foreign", "illegal_instruction")])
+    pool = local_pool([fake_entry("foreign", "illegal_instruction")])
     await pool.start(preload=False)
     with pytest.raises(WorkerCrashed) as crashed:
         await generate(pool, "foreign")
@@ -82,7 +82,7 @@ async def test_requests_queued_behind_a_frozen_worker_are_served_by_its_replacem
     """Issue 11 item 9, with a real SIGSTOP the heartbeat reads from /proc: the running stream fails (it
     cannot be resumed); a request queued by name runs on the replacement worker instead of getting the
     frozen worker's crash; one queued by handle gets 410."""
-    pool = local_pool([entry("m", "long")])
+    pool = local_pool([fake_entry("m", "long")])
     await pool.start(preload=False)
     clock = pool.clock
     assert isinstance(clock, FakeClock)

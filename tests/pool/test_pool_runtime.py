@@ -15,49 +15,32 @@ import contextlib
 import dataclasses
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fakes.app import FixedCatalog, fake_entry
 from tests.fakes.fake_clock import FakeClock
 from tests.fakes.inprocess import InProcessLauncher
-from warren.catalog import Catalog, CatalogEntry
+from warren.catalog import CatalogEntry
 from warren.errors import Busy, DoesNotFit, Quarantined, RequestRefused, WorkerCrashed, WorkerLoadFailed
-from warren.gguf.estimate import MemoryEstimate
 from warren.params import GenerationParams
 from warren.pool.crashes import CRASH_LOOP_LIMIT
 from warren.pool.memory import MEASURE_DELAY
 from warren.pool.pool import Pool
 from warren.pool.spare import SPARE_DELAY
-from warren.settings import ModelSettings, ServerSettings
+from warren.settings import ServerSettings
 from warren.worker.launcher import Footprint
 
 MIB = 1 << 20
-FAKE = InProcessLauncher.default_engine
 
 
-class FixedCatalog(Catalog):
-    """A catalog of given entries (fake engines), which rescans leave as they are."""
-
-    def __init__(self, entries: list[CatalogEntry]) -> None:
-        super().__init__({})
-        self.entries = {e.name: e for e in entries}
-
-    def refresh(self) -> None:
-        pass
-
-
-def entry(name: str, engine: str = "fake", mib: int = 100, **knobs: object) -> CatalogEntry:
-    settings = ModelSettings(name=name, path=Path("/dev/null"), engine=f"tests.fakes.fake_engine:{engine}")
-    estimate = MemoryEstimate(weights=mib * MIB, kv_cache=0, compute=0, worker_base=0)
-    return CatalogEntry(name, "test", Path("/dev/null"), settings, estimate, "", (name, engine), **knobs)  # type: ignore[arg-type]
+def entry(name: str, engine: str = "fake", mib: int = 100, **knobs: Any) -> CatalogEntry:
+    return fake_entry(name, engine, mib, **knobs)
 
 
 def parkable_entry(name: str, mib: int, parked_mib: int) -> CatalogEntry:
-    e = entry(name, "fake", mib)
-    assert e.estimate is not None
-    return dataclasses.replace(e, estimate=dataclasses.replace(e.estimate, parked=parked_mib * MIB))
+    return fake_entry(name, "fake", mib, parked_mib=parked_mib)
 
 
 @dataclasses.dataclass
@@ -240,7 +223,7 @@ async def test_a_request_waiting_for_room_gets_503_at_its_deadline(make: Make) -
     h = await make([entry("a", mib=600), entry("b", mib=600)], wait_seconds=60.0)
     busy = await h.pool.acquire("a")  # a is busy: it cannot be evicted for b
     waiting = asyncio.create_task(h.pool.acquire("b"))
-    await asyncio.sleep(0)  # one turn of the loop: the task runs up to its wait
+    await h.event("waiting", "b")
     assert len(h.pool.policy.waiting) == 1
     h.clock.advance(60.0)
     with pytest.raises(Busy, match="no room to load model 'b' within 60 s"):
@@ -253,7 +236,7 @@ async def test_a_request_that_gives_up_waiting_loads_and_evicts_nothing(make: Ma
     busy = await h.pool.acquire("a")
     await busy.ready()
     waiting = asyncio.create_task(h.pool.acquire("b"))
-    await asyncio.sleep(0)  # one turn of the loop: the task runs up to its wait
+    await h.event("waiting", "b")
     assert [w.model for w in h.pool.policy.waiting] == ["b"]
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -351,11 +334,7 @@ async def test_the_warm_spare_goes_when_reservations_leave_no_room_for_it(make: 
 # -- parking ---------------------------------------------------------------------------------------------
 
 async def test_a_swap_prefaults_the_cache_after_the_evicted_worker_ends(make: Make) -> None:
-    def with_cache(e: CatalogEntry) -> CatalogEntry:
-        assert e.estimate is not None
-        return dataclasses.replace(e, estimate=dataclasses.replace(e.estimate, kv_cache=8 * MIB))
-
-    h = await make([with_cache(entry("a", mib=600)), with_cache(entry("b", mib=600))], budget_mib=1000)
+    h = await make([fake_entry("a", mib=600, kv_mib=8), fake_entry("b", mib=600, kv_mib=8)], budget_mib=1000)
     await h.generate("a")
     a = h.pool.instances["a"].handle
     assert a is not None and a.model_info["prefault_after"] == []  # nothing was replaced

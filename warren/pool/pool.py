@@ -169,6 +169,8 @@ class Pool:
         self._tickets[ticket] = future
         park_need = self.footprints.park_need(entry) if self.park_evicted else 0
         self.policy.request(ticket, base, self.footprints.need(entry), self.clock.now(), park_need=park_need)
+        if not future.done():
+            self.view.publish(instance, "waiting")  # no room for it yet: it waits (``waiting`` in the status)
         try:
             resident = await future
         except BaseException:
