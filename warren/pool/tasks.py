@@ -2,8 +2,8 @@
 
 Loads, stops, parks, measurements and the warm spare run as tasks the pool starts and does not await
 where it starts them (an ``Effects`` call is synchronous). A ``TaskSet`` keeps them, so shutdown can
-cancel them all and tests can wait until the pool has nothing left to do (``settle``) instead of
-polling. A task that fails with anything but a ``WarrenError`` (which its awaiter reports) is logged.
+cancel them all. A task that fails with anything but a ``WarrenError`` (which its awaiter reports) is
+logged, never lost.
 """
 
 from __future__ import annotations
@@ -33,16 +33,7 @@ class TaskSet:
         if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), WarrenError):
             log.error("pool task failed task=%s", task.get_name(), exc_info=task.exception())
 
-    def __len__(self) -> int:
-        return len(self._tasks)
-
     async def cancel_all(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def settle(self) -> None:
-        """Return once no task is left, including tasks the finished ones started. Failures are the
-        tasks' own (logged, or raised to whoever awaits them)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
