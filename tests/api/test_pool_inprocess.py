@@ -3,15 +3,19 @@
 Two catalog entries, ``a`` and ``b``, and a budget that holds one of them: every switch between them
 evicts the other. Workers are in-process fakes whose measured footprint is ``FOOTPRINT``, close to the
 estimate, as a real model's is; time is a fake clock, so keep-alives and deadlines pass when a test says.
-What needs a real model, the real catalog or a real server (hot swap under a running stream, quarantine
-until a file changes, the events stream, admin authentication) stays in ``test_pool.py``.
+A reload through the admin API runs on the real catalog of real files (``InProcessApp.from_args``), still
+with fake workers. What needs a real model or a real server (hot swap under a running stream, a file
+llama.cpp refuses, the events stream, admin authentication) stays in ``test_pool.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -174,3 +178,41 @@ async def test_metrics() -> None:
         assert 'warren_model_requests_total{model="a"} 1' in text
         assert 'warren_model_loads_total{model="a"} 1' in text
         assert f"warren_memory_budget_bytes {1000 * MIB}" in text
+
+
+async def test_a_failed_reload_changes_nothing_and_an_override_is_its_own_entry(tmp_path: Path,
+                                                                                  model_path: Path) -> None:
+    """Issue 11, item 7: a bad ``overrideconfig`` used to replace the active model's entry, and every request
+    got 502 until the next rescan. Now nothing changes; a good override is loaded as ``MODEL~CONFIG``. The
+    real catalog of real files, served by fake workers: the rescans are called, not waited for."""
+    admindir = tmp_path / "admin"
+    admindir.mkdir()
+    local = admindir / "model.gguf"
+    try:
+        os.link(model_path, local)
+    except OSError:  # another file system: a copy will do
+        local.write_bytes(model_path.read_bytes())
+    (admindir / "bad.kcpps").write_text(json.dumps({"contextsize": 100}))
+    (admindir / "good.kcpps").write_text(json.dumps({"contextsize": 1024}))
+    app = await InProcessApp.from_args(["--model", str(local), "--contextsize", "512", "--admin", "--admindir",
+                                        str(admindir), "--no-warm-spare"])
+    try:
+        async with app.client() as c:
+            failed = (await c.post("/api/admin/reload_config",
+                                   json={"filename": "model.gguf", "overrideconfig": "bad.kcpps"})).json()
+            assert failed["success"] is False and "--contextsize 100" in failed["error"]
+            assert failed["active"] == "model"
+            assert (await c.post("/api/v1/generate", json=BODY)).status_code == 200
+            app.pool.catalog.refresh()  # the rescan (every fifth tick) that used to end the 502s
+            assert (await c.post("/api/v1/generate", json=BODY)).status_code == 200
+            assert app.instance("model")["context_size"] == 512
+            swap = (await c.post("/api/admin/reload_config",
+                                 json={"filename": "model.gguf", "overrideconfig": "good.kcpps"})).json()
+            assert swap["success"] is True and swap["active"] == "model~good"
+            assert (await c.get("/api/extra/true_max_context_length")).json() == {"value": 1024}
+            assert app.instance("model~good")["state"] == "ready"
+            app.pool.catalog.refresh()  # the override entry survives the catalog's rescans
+            assert (await c.get("/api/v1/model")).json() == {"result": "koboldcpp/model~good"}
+            assert (await c.post("/api/v1/generate", json=BODY)).status_code == 200
+    finally:
+        await app.close()

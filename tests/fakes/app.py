@@ -3,7 +3,9 @@ need no real model.
 
 - ``FixedCatalog`` / ``fake_entry``: catalog entries on fake engines, with the estimates a test chooses.
 - ``InProcessApp``: ``create_app`` over a ``Pool`` on the in-process launcher
-  (``tests/fakes/inprocess.py``) and a fake clock (``tests/fakes/fake_clock.py``). ``client()`` is an
+  (``tests/fakes/inprocess.py``) and a fake clock (``tests/fakes/fake_clock.py``) — on given entries
+  (``start``), or on what a command line builds (``from_args``: the real catalog of real GGUF files, each
+  served by a fake engine). ``client()`` is an
   ``httpx.AsyncClient`` on the app itself (``ASGITransport``, no socket); ``call()`` drives one request
   by hand when the test must decide when the client leaves (``http.disconnect``), which ``ASGITransport``
   never sends. The lifespan is not run: the harness starts and closes the pool itself.
@@ -21,12 +23,14 @@ import httpx
 from fastapi import FastAPI
 
 from tests.fakes.fake_clock import FakeClock
-from tests.fakes.inprocess import InProcessLauncher
+from tests.fakes.inprocess import FAKE, InProcessLauncher
 from warren.api.app import create_app
 from warren.catalog import Catalog, CatalogEntry
+from warren.cli.main import build_catalog, parse
 from warren.gguf.estimate import MemoryEstimate
 from warren.pool.pool import Pool
 from warren.settings import ModelSettings, ServerSettings
+from warren.validation import validate
 
 MIB = 1 << 20
 HOST = "127.0.0.1:5001"  # a loopback Host: the operator's routes answer it (warren/api/browser.py)
@@ -82,6 +86,18 @@ class InProcessApp:
                  launcher=launcher, clock=clock, **pool)
         await p.start(preload=False)
         return cls(create_app(p, preload=False), p, launcher, clock)
+
+    @classmethod
+    async def from_args(cls, argv: list[str], *, preload: bool = True) -> InProcessApp:
+        """The app ``warren ARGV`` would serve (its catalog, settings and pool), with fake workers in place of
+        llama.cpp and the fake clock; ``preload`` loads the active model, as the server's start does."""
+        opts, explicit, _ = parse(argv)
+        plan = validate(opts, explicit, check_port=False)
+        launcher = InProcessLauncher(engines={"llama": FAKE}, default_engine="llama")
+        clock = FakeClock()
+        pool = Pool.from_settings(plan.server, build_catalog(plan, opts), launcher=launcher, clock=clock)
+        await pool.start(preload=preload)
+        return cls(create_app(pool, preload=False), pool, launcher, clock)
 
     async def close(self) -> None:
         await self.pool.close()

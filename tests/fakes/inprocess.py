@@ -27,7 +27,7 @@ import itertools
 import signal
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from warren.settings import ModelSettings
@@ -184,13 +184,19 @@ class InProcessWorker:
                 self.sock.close()
 
 
+FAKE = "tests.fakes.fake_engine:fake"
+
+
 class InProcessLauncher:
     """``Launcher`` for tests. ``workers``: every worker it started, in order. ``footprint`` decides what
-    ``measure`` reports (0 by default: reservations then stay at the estimates)."""
+    ``measure`` reports (0 by default: reservations then stay at the estimates). ``engines`` runs a fake
+    engine in place of another: ``{"llama": FAKE}`` serves a real catalog (real GGUF files, their
+    estimates) with fake workers."""
 
-    default_engine = "tests.fakes.fake_engine:fake"
-
-    def __init__(self, footprint: Callable[[InProcessWorker], Footprint] | None = None) -> None:
+    def __init__(self, footprint: Callable[[InProcessWorker], Footprint] | None = None, *,
+                 engines: Mapping[str, str] | None = None, default_engine: str = FAKE) -> None:
+        self.default_engine = default_engine
+        self.engines = dict(engines or {})
         self.workers: list[InProcessWorker] = []
         self.footprint = footprint or (lambda worker: Footprint(0))
         self.reports_gpu = False
@@ -198,10 +204,11 @@ class InProcessLauncher:
         self._more: asyncio.Event | None = None
 
     async def start(self, settings: ModelSettings) -> tuple[InProcessWorker, FrameChannel]:
-        if settings.engine == "llama" or settings.engine.startswith("warren.worker.engine"):
+        spec = self.engines.get(settings.engine, settings.engine)
+        if spec == "llama" or spec.startswith("warren.worker.engine"):
             raise ValueError("the in-process launcher runs fake engines only: llama_cpp must stay out of the "
                              "supervisor's process")
-        engine = load_engine(settings.engine)
+        engine = load_engine(spec)
         parent, child = socket.socketpair()
         worker = InProcessWorker(next(self._ids), child, engine, asyncio.get_running_loop())
         engine.faults = InProcessFaults(worker)  # type: ignore[attr-defined]

@@ -99,6 +99,14 @@ class Pool:
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
 
+    @classmethod
+    def from_settings(cls, server: ServerSettings, catalog: Catalog, *, launcher: Launcher | None = None,
+                      clock: Clock | None = None) -> Pool:
+        """The pool the command line asks for (``warren/cli/main.py``; tests build theirs the same way)."""
+        return cls(server, catalog, budget=server.memory_budget, max_models=server.max_models,
+                   keep_alive=server.keep_alive, wait_seconds=server.load_wait, warm_spare=server.warm_spare,
+                   park=server.park, launcher=launcher, clock=clock)
+
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self, preload: bool = True) -> None:
         self.catalog.refresh()
