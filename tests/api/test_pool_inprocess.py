@@ -22,6 +22,7 @@ import httpx2
 import openai
 import pytest
 
+from tests.conftest import write_entries
 from tests.fakes.app import HOST, InProcessApp, fake_entry
 from tests.fakes.inprocess import InProcessLauncher
 from warren.pool.memory import MEASURE_DELAY
@@ -214,5 +215,45 @@ async def test_a_failed_reload_changes_nothing_and_an_override_is_its_own_entry(
             app.pool.catalog.refresh()  # the override entry survives the catalog's rescans
             assert (await c.get("/api/v1/model")).json() == {"result": "koboldcpp/model~good"}
             assert (await c.post("/api/v1/generate", json=BODY)).status_code == 200
+    finally:
+        await app.close()
+
+
+async def test_reload_config_hot_swaps_without_dropping_the_server(tmp_path: Path, model_path: Path) -> None:
+    """``a`` and ``b`` are .kcpps files on the real model (real estimates, ~170 MiB each) under a 200 MiB
+    budget: the swap to ``b`` must wait for the stream running on ``a``, held at its second token until
+    the swap is seen waiting, then evict it."""
+    admindir = write_entries(tmp_path, model_path, {"a": 512, "b": 768})
+    app = await InProcessApp.from_args(["--nomodel", "--admin", "--admindir", str(admindir), "--memory-budget",
+                                        "200M", "--no-warm-spare"], engine="tests.fakes.fake_engine:gated")
+    try:
+        async with app.client() as c, app.pool.events.subscribe() as events:
+            assert (await c.get("/api/admin/list_options")).json() == ["a.kcpps", "b.kcpps", "unload_model"]
+            assert (await c.get("/api/v1/model")).json() == {"result": "koboldcpp/inactive"}
+            assert (await c.post("/api/admin/reload_config", json={"filename": "a.kcpps"})).json()["success"] is True
+            assert (await c.get("/api/v1/model")).json() == {"result": "koboldcpp/a"}
+            assert (await c.post("/api/v1/generate", json=BODY)).status_code == 200
+            # Swap while a stream runs on the old model: the stream finishes, then the new model takes over.
+            worker = app.launcher.workers[0]
+            worker.hold("token-1")
+            stream = asyncio.create_task(app.call("POST", "/api/extra/generate/stream",
+                                                  {**BODY, "max_length": 60, "ban_eos_token": True}))
+            await worker.reached("token-1")
+            swap = asyncio.create_task(c.post("/api/admin/reload_config", json={"filename": "b.kcpps"}))
+            await event(events, "waiting", "b")
+            assert app.instance("a")["in_flight"] == 1 and app.pool.active_name == "b"
+            worker.open("token-1")
+            chunks = [line for line in (await stream).body.decode().splitlines() if line.startswith("data:")]
+            assert json.loads(chunks[-1][5:])["finish_reason"] == "length" and len(chunks) == 61
+            assert (await swap).json()["success"] is True and (await swap).json()["active"] == "b"
+            assert app.instance("a")["evictions"] == 1
+            assert (await c.get("/api/v1/model")).json() == {"result": "koboldcpp/b"}
+            assert (await c.post("/api/v1/generate", json=BODY)).status_code == 200
+            # A failed swap leaves the previous model active and says why.
+            failed = (await c.post("/api/admin/reload_config", json={"filename": "nope.gguf"})).json()
+            assert failed["success"] is False and "not a model file" in failed["error"] and failed["active"] == "b"
+            unloaded = await c.post("/api/admin/reload_config", json={"filename": "unload_model"})
+            assert unloaded.json()["success"] is True
+            assert (await c.get("/api/v1/model")).json() == {"result": "koboldcpp/inactive"}
     finally:
         await app.close()

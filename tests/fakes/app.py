@@ -88,12 +88,12 @@ class InProcessApp:
         return cls(create_app(p, preload=False), p, launcher, clock)
 
     @classmethod
-    async def from_args(cls, argv: list[str], *, preload: bool = True) -> InProcessApp:
-        """The app ``warren ARGV`` would serve (its catalog, settings and pool), with fake workers in place of
-        llama.cpp and the fake clock; ``preload`` loads the active model, as the server's start does."""
+    async def from_args(cls, argv: list[str], *, preload: bool = True, engine: str = FAKE) -> InProcessApp:
+        """The app ``warren ARGV`` would serve (its catalog, settings and pool), with fake workers (``engine``)
+        in place of llama.cpp and the fake clock; ``preload`` loads the active model, as the server does."""
         opts, explicit, _ = parse(argv)
         plan = validate(opts, explicit, check_port=False)
-        launcher = InProcessLauncher(engines={"llama": FAKE}, default_engine="llama")
+        launcher = InProcessLauncher(engines={"llama": engine}, default_engine="llama")
         clock = FakeClock()
         pool = Pool.from_settings(plan.server, build_catalog(plan, opts), launcher=launcher, clock=clock)
         await pool.start(preload=preload)

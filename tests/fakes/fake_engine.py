@@ -55,6 +55,9 @@ class ProcessFaults:
     def reached(self, mark: str) -> None:
         pass  # only the in-process launcher lets a test wait for it
 
+    def gate(self, name: str) -> None:
+        pass  # only the in-process launcher can hold a worker here
+
 
 class FakeEngine:
     """Emits ``max_tokens`` tokens named t0, t1, …; ``on_token(i)`` is the hook faults use."""
@@ -124,6 +127,15 @@ class SlowTokenizeEngine(FakeEngine):
         if text == "slow":
             time.sleep(3)
         return super().tokenize(text, special)
+
+
+class GatedEngine(FakeEngine):
+    """Passes the gate "token-1" at its second token: on the in-process launcher a test may hold it there
+    (``worker.hold("token-1")``, then ``worker.open``), to have a generation that is certainly running."""
+
+    def on_token(self, index: int) -> None:
+        if index == 1:
+            self.faults.gate("token-1")
 
 
 class CrashEngine(FakeEngine):
@@ -219,7 +231,7 @@ class IllegalInstructionEngine(FakeEngine):
 
 # Engine specs name these by short name: "tests.fakes.fake_engine:<name>" (a class is its own factory).
 fake, slow, crash_segv, crash_abort = FakeEngine, SlowEngine, CrashEngine, AbortEngine
-long, slow_tokenize = LongEngine, SlowTokenizeEngine
+long, slow_tokenize, gated = LongEngine, SlowTokenizeEngine, GatedEngine
 crash_on_marker, crash_after_ready = CrashOnMarkerEngine, CrashAfterReadyEngine
 fail_load, hang_load, garbage, wedged = FailLoadEngine, HangLoadEngine, GarbageEngine, WedgedEngine
 illegal_instruction = IllegalInstructionEngine

@@ -13,7 +13,7 @@ Faults are injected without signals (a real one would kill the test runner):
   ``garbage``) are rerouted here, so the same fake engines serve both launchers;
 - ``terminate``/``kill`` from the supervisor's stop escalation end it the same way (SIGTERM, SIGKILL);
 - ``reached(mark)``: an event the test awaits when the engine passes a point (``faults.reached``), in
-  place of polling.
+  place of polling; ``hold(gate)`` makes the engine wait at that point until ``open(gate)``.
 
 An engine that would import ``llama_cpp`` is refused: the test process is a supervisor.
 """
@@ -85,6 +85,16 @@ class InProcessFaults:
     def reached(self, mark: str) -> None:
         self.worker.mark(mark)
 
+    def gate(self, name: str) -> None:
+        """Wait here while the test holds the gate ``name`` (it is told, as by ``reached``)."""
+        gate = self.worker.gates.get(name)
+        if gate is None:
+            return
+        self.worker.mark(name)
+        gate.wait()
+        if self.worker.returncode is not None:
+            raise Died
+
 
 class InProcessWorker:
     """One worker's threads, and what a process would tell about it (``WorkerProcess``)."""
@@ -102,6 +112,7 @@ class InProcessWorker:
         self._loop = loop
         self._ended = asyncio.Event()
         self._marks: dict[str, asyncio.Event] = {}
+        self.gates: dict[str, threading.Event] = {}  # held gates: the engine waits at them until opened
         self._running = 3
         self.frames = FrameSocket(sock)
         self.worker = Worker(self.frames, engine, on_eof=self._eof, log=_Lines(self.output))  # type: ignore[arg-type]
@@ -150,6 +161,12 @@ class InProcessWorker:
     async def reached(self, name: str) -> None:
         await self._mark_event(name).wait()
 
+    def hold(self, gate: str) -> None:
+        self.gates[gate] = threading.Event()
+
+    def open(self, gate: str) -> None:
+        self.gates.pop(gate).set()
+
     def _mark_event(self, name: str) -> asyncio.Event:
         return self._marks.setdefault(name, asyncio.Event())
 
@@ -166,6 +183,8 @@ class InProcessWorker:
                 return
             self._returncode = returncode
         self.released.set()
+        for gate in list(self.gates.values()):
+            gate.set()  # a dead worker's engine thread unwinds
         self._loop.call_soon_threadsafe(self._ended.set)
 
     def _run(self, target: Callable[[], None]) -> None:
