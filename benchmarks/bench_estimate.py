@@ -18,9 +18,9 @@ from warren.default_model import default_model_path  # noqa: E402
 from warren.gguf.estimate import estimate_memory  # noqa: E402
 from warren.gguf.reader import read_gguf  # noqa: E402
 from warren.params import GenerationParams  # noqa: E402
-from warren.pool.pool import measure_footprint  # noqa: E402
 from warren.settings import ModelSettings  # noqa: E402
 from warren.worker.handle import WorkerHandle  # noqa: E402
+from warren.worker.local import measure_footprint  # noqa: E402
 
 MIB = 2**20
 

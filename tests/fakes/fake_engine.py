@@ -3,6 +3,10 @@
 A worker loads one with ``ModelSettings(engine="tests.fakes.fake_engine:<factory>")``. The engine
 produces tokens "t0 t1 t2 …" quickly and, depending on the factory, misbehaves: crashes with a real
 signal mid-stream, fails or hangs in load, or writes garbage on the channel.
+
+Its faults go through ``engine.faults``: in a worker process (the local launcher) ``ProcessFaults``,
+real signals and real instructions; on the in-process launcher (``tests/fakes/inprocess.py``) its own,
+which end the in-process worker the same way as seen from the supervisor, without a signal.
 """
 
 from __future__ import annotations
@@ -24,9 +28,41 @@ from warren.settings import ModelSettings
 CHANNEL_FD_ENV = "WARREN_FAKE_CHANNEL_FD"
 
 
+class ProcessFaults:
+    """Faults of an engine in a worker process of its own: real signals, a real illegal instruction."""
+
+    def signal(self, sig: int) -> None:
+        os.kill(os.getpid(), sig)
+        time.sleep(5)
+
+    def illegal_instruction(self) -> None:
+        execute_illegal_instruction()
+
+    def block(self) -> None:
+        time.sleep(3600)
+
+    def garbage(self) -> None:
+        """Write bytes that are not a frame onto the channel (its fd is found via /proc)."""
+        for fd in range(3, 64):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                    os.write(fd, b"\x00\x00\x00\x05garbage!")
+                    break
+            except OSError:
+                continue
+        time.sleep(5)
+
+    def reached(self, mark: str) -> None:
+        pass  # only the in-process launcher lets a test wait for it
+
+    def gate(self, name: str) -> None:
+        pass  # only the in-process launcher can hold a worker here
+
+
 class FakeEngine:
     """Emits ``max_tokens`` tokens named t0, t1, …; ``on_token(i)`` is the hook faults use."""
 
+    faults: Any = ProcessFaults()  # replaced by the in-process launcher
     token_delay = 0.0
     concurrent_tokens = True  # tokenize/detokenize are pure Python here: safe beside generate
     loads = 0  # in this process: a resumed (parked) model is loaded again by the same worker
@@ -93,6 +129,15 @@ class SlowTokenizeEngine(FakeEngine):
         return super().tokenize(text, special)
 
 
+class GatedEngine(FakeEngine):
+    """Passes the gate "token-1" at its second token: on the in-process launcher a test may hold it there
+    (``worker.hold("token-1")``, then ``worker.open``), to have a generation that is certainly running."""
+
+    def on_token(self, index: int) -> None:
+        if index == 1:
+            self.faults.gate("token-1")
+
+
 class CrashEngine(FakeEngine):
     """Dies by a real signal at token 3: SIGSEGV unless the model name says otherwise."""
 
@@ -100,8 +145,7 @@ class CrashEngine(FakeEngine):
 
     def on_token(self, index: int) -> None:
         if index == 3:
-            os.kill(os.getpid(), getattr(signal, self.signal_name))
-            time.sleep(5)
+            self.faults.signal(getattr(signal, self.signal_name))
 
 
 class AbortEngine(CrashEngine):
@@ -115,7 +159,7 @@ class CrashOnMarkerEngine(FakeEngine):
     def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
                  cancelled: Callable[[], bool]) -> GenerationResult:
         if "CRASH" in params.prompt or "CRASH" in params.grammar:
-            os.abort()
+            self.faults.signal(signal.SIGABRT)
         return super().generate(params, emit, cancelled)
 
 
@@ -126,7 +170,7 @@ class CrashAfterReadyEngine(FakeEngine):
              ) -> dict[str, Any]:
         def crash() -> None:
             time.sleep(0.05)
-            os.kill(os.getpid(), signal.SIGSEGV)
+            self.faults.signal(signal.SIGSEGV)
 
         threading.Thread(target=crash, daemon=True).start()
         return super().load(settings, progress, prefault)
@@ -141,23 +185,17 @@ class FailLoadEngine(FakeEngine):
 class HangLoadEngine(FakeEngine):
     def load(self, settings: ModelSettings, progress: Callable[[float], None], prefault: Any = None
              ) -> dict[str, Any]:
-        time.sleep(3600)
+        self.faults.reached("load")
+        self.faults.block()
         return {}
 
 
 class GarbageEngine(FakeEngine):
-    """Writes bytes that are not a frame onto the channel at token 2 (the fd is found via /proc)."""
+    """Writes bytes that are not a frame onto the channel at token 2."""
 
     def on_token(self, index: int) -> None:
         if index == 2:
-            for fd in range(3, 64):
-                try:
-                    if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                        os.write(fd, b"\x00\x00\x00\x05garbage!")
-                        break
-                except OSError:
-                    continue
-            time.sleep(5)
+            self.faults.garbage()
 
 
 class WedgedEngine(FakeEngine):
@@ -187,13 +225,13 @@ class IllegalInstructionEngine(FakeEngine):
 
     def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
                  cancelled: Callable[[], bool]) -> GenerationResult:
-        execute_illegal_instruction()
+        self.faults.illegal_instruction()
         raise AssertionError("unreachable: the instruction above ends the process")
 
 
 # Engine specs name these by short name: "tests.fakes.fake_engine:<name>" (a class is its own factory).
 fake, slow, crash_segv, crash_abort = FakeEngine, SlowEngine, CrashEngine, AbortEngine
-long, slow_tokenize = LongEngine, SlowTokenizeEngine
+long, slow_tokenize, gated = LongEngine, SlowTokenizeEngine, GatedEngine
 crash_on_marker, crash_after_ready = CrashOnMarkerEngine, CrashAfterReadyEngine
 fail_load, hang_load, garbage, wedged = FailLoadEngine, HangLoadEngine, GarbageEngine, WedgedEngine
 illegal_instruction = IllegalInstructionEngine

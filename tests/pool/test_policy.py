@@ -6,7 +6,8 @@ import pytest
 
 from tests.fakes.recording_effects import RecordingEffects
 from warren.pool.eviction import Candidate, choose_victims
-from warren.pool.policy import Phase, PoolPolicy
+from warren.pool.policy import PoolPolicy
+from warren.pool.state import InstanceState
 
 GB = 1 << 30
 
@@ -32,7 +33,7 @@ def test_first_request_loads_and_is_granted(fx: RecordingEffects) -> None:
     p = PoolPolicy(fx, budget=4 * GB)
     p.request(1, "a", 1 * GB, now=0)
     assert fx.take() == [("load", "a", ()), ("grant", 1, "a")]
-    assert p.residents["a"].phase is Phase.LOADING and p.reserved == 1 * GB
+    assert p.residents["a"].phase is InstanceState.LOADING and p.reserved == 1 * GB
 
 
 def test_requests_for_a_loading_model_join_the_load(fx: RecordingEffects) -> None:
@@ -65,7 +66,7 @@ def test_idle_lru_is_evicted_to_make_room(fx: RecordingEffects) -> None:
     loaded(p, fx, "b", GB, now=10)
     p.request(5, "c", 2 * GB, now=20)
     assert fx.take() == [("load", "c", ("a",)), ("grant", 5, "c")]
-    assert p.residents["a"].phase is Phase.STOPPING
+    assert p.residents["a"].phase is InstanceState.STOPPING
     p.exited("a", 21)
     assert "a" not in p.residents
 
@@ -97,7 +98,7 @@ def test_busy_and_pinned_instances_are_never_evicted(fx: RecordingEffects) -> No
     assert [w.model for w in p.waiting] == ["new"]
     p.released("busy", 5)  # the busy one finishes: now it is the idle LRU
     assert fx.take() == [("load", "new", ("busy",)), ("grant", 2, "new")]
-    assert p.residents["pinned"].phase is Phase.READY
+    assert p.residents["pinned"].phase is InstanceState.READY
 
 
 def test_waiting_past_the_deadline_is_a_503(fx: RecordingEffects) -> None:
@@ -202,14 +203,14 @@ def test_an_evicted_model_is_parked_when_its_parked_bytes_fit(fx: RecordingEffec
     parkable(p, fx, "a", 2 * GB, GB // 2, now=0)
     p.request(1, "b", 2 * GB, now=10, park_need=GB // 2)
     assert fx.take() == [("park", "a"), ("load", "b", ()), ("grant", 1, "b")]
-    assert p.residents["a"].phase is Phase.PARKED and p.residents["a"].bytes == GB // 2
+    assert p.residents["a"].phase is InstanceState.PARKED and p.residents["a"].bytes == GB // 2
     assert p.reserved == 2 * GB + GB // 2
     # Back to a: it grows from its parked bytes, and b (idle, most recent) is parked in turn.
     ready(p, "b", 11)
     p.released("b", 11)
     p.request(2, "a", 2 * GB, now=20)
     assert fx.take() == [("park", "b"), ("load", "a", ()), ("grant", 2, "a")]
-    assert p.residents["a"].phase is Phase.LOADING and p.reserved == 2 * GB + GB // 2
+    assert p.residents["a"].phase is InstanceState.LOADING and p.reserved == 2 * GB + GB // 2
 
 
 def test_without_room_for_its_parked_bytes_the_victim_is_stopped(fx: RecordingEffects) -> None:
@@ -217,17 +218,17 @@ def test_without_room_for_its_parked_bytes_the_victim_is_stopped(fx: RecordingEf
     parkable(p, fx, "a", 2 * GB, 2 * GB, now=0)  # parked it would keep as much as loaded
     p.request(1, "b", 2 * GB, now=10)
     assert fx.take() == [("load", "b", ("a",)), ("grant", 1, "b")]
-    assert p.residents["a"].phase is Phase.STOPPING
+    assert p.residents["a"].phase is InstanceState.STOPPING
 
 
 def test_parked_models_go_first_and_are_stopped_not_parked_again(fx: RecordingEffects) -> None:
     p = PoolPolicy(fx, budget=7 * GB // 2)
     parkable(p, fx, "a", 2 * GB, GB, now=0)
     parkable(p, fx, "b", 2 * GB, GB, now=10)  # a is parked: 2 + 1 GB
-    assert p.residents["a"].phase is Phase.PARKED
+    assert p.residents["a"].phase is InstanceState.PARKED
     p.request(1, "c", 3 * GB, now=20, park_need=GB)  # a (parked) goes first, then b; no room to park b
     assert fx.take() == [("load", "c", ("a", "b")), ("grant", 1, "c")]
-    assert p.residents["a"].phase is p.residents["b"].phase is Phase.STOPPING
+    assert p.residents["a"].phase is p.residents["b"].phase is InstanceState.STOPPING
     assert p.reserved == 3 * GB
 
 
@@ -235,7 +236,7 @@ def test_parked_models_expire_and_unload_like_idle_ones(fx: RecordingEffects) ->
     p = PoolPolicy(fx, budget=3 * GB, keep_alive=60)
     parkable(p, fx, "a", 2 * GB, GB // 2, now=0)
     parkable(p, fx, "b", 2 * GB, GB // 2, now=10)
-    assert p.residents["a"].phase is Phase.PARKED
+    assert p.residents["a"].phase is InstanceState.PARKED
     p.tick(now=61)  # a was last used at 0
     assert ("stop", "a", "keep-alive expired") in fx.take()
     p.exited("a", 62)

@@ -1,4 +1,4 @@
-"""GPU memory per process from NVML (warren/pool/gpu_memory.py)."""
+"""GPU memory per process from NVML (warren/worker/gpu_memory.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from warren.pool.gpu_memory import GpuMemory
+from warren.worker.gpu_memory import GpuMemory
 
 
 def test_without_the_library_there_is_nothing_to_report() -> None:

@@ -8,7 +8,10 @@ import sys
 from tests.conftest import ROOT
 
 SUPERVISOR_MODULES = ["warren.cli.main", "warren.api.app", "warren.pool.pool", "warren.worker.handle",
-                      "warren.validation", "warren.gguf.estimate", "warren.cli.report"]
+                      "warren.worker.launcher", "warren.worker.local", "warren.worker.channel", "warren.clock",
+                      "warren.validation", "warren.gguf.estimate", "warren.cli.report",
+                      # the test's in-process launcher runs workers in a supervisor's process
+                      "tests.fakes.inprocess", "tests.fakes.fake_engine"]
 
 
 def test_supervisor_modules_do_not_load_llama_cpp() -> None:

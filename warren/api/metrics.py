@@ -9,10 +9,11 @@ from fastapi.responses import PlainTextResponse
 
 from warren.api.admin import require_admin
 from warren.api.deps import get_pool
+from warren.pool.state import InstanceState
 
 router = APIRouter()
 
-STATES = ("unloaded", "starting", "loading", "ready", "busy", "parked", "stopping", "crashed", "load_failed")
+STATES = tuple(s.value for s in InstanceState)  # one sample per state and model: 1 for its state, else 0
 
 
 def _label(value: str) -> str:

@@ -171,9 +171,7 @@ def serve(plan: Plan, catalog: Catalog) -> None:
     from warren.pool.pool import Pool
 
     setup_logging(plan.server.debug, plan.server.quiet)
-    s = plan.server
-    pool = Pool(s, catalog, budget=s.memory_budget, max_models=s.max_models, keep_alive=s.keep_alive,
-                wait_seconds=s.load_wait, warm_spare=s.warm_spare, park=s.park)
+    pool = Pool.from_settings(plan.server, catalog)
     app = create_app(pool)
     host = plan.server.host
     shown = f"[{host}]" if ":" in host else host

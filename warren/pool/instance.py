@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 import weakref
@@ -36,31 +35,25 @@ from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, Wo
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.pool.culprits import Culprits
+from warren.pool.state import InstanceState
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
 from warren.worker.handle import WorkerHandle
+from warren.worker.launcher import ExitKind, Launcher
 
 log = logging.getLogger(__name__)
 
 
-class InstanceState(enum.StrEnum):
-    UNLOADED = "unloaded"
-    STARTING = "starting"
-    LOADING = "loading"
-    READY = "ready"
-    BUSY = "busy"
-    PARKED = "parked"
-    STOPPING = "stopping"
-    CRASHED = "crashed"
-    LOAD_FAILED = "load_failed"
 
 
 class ModelInstance:
-    def __init__(self, settings: ModelSettings, *, queue_limit: int = 6, heartbeat: bool = True,
+    def __init__(self, settings: ModelSettings, *, launcher: Launcher | None = None, queue_limit: int = 6,
+                 heartbeat: bool = True,
                  on_exit: Callable[[ModelInstance, WarrenError, GenerationParams | None], None] | None = None,
                  on_progress: Callable[[ModelInstance], None] | None = None, culprits: Culprits | None = None
                  ) -> None:
         self.settings = settings
+        self.launcher = launcher  # what starts its workers (``WorkerHandle``'s default: a local subprocess)
         self.on_progress = on_progress  # told as the worker reports load progress
         # Told when a worker ends by itself (crash), not when we stop it, with the generation that was
         # running if the crash happened during one ("crashed" exits only).
@@ -74,7 +67,7 @@ class ModelInstance:
         self.state = InstanceState.UNLOADED
         self.restarts = 0
         self.last_exit = ""
-        self.last_exit_kind: str | None = None  # requested | load_failed | crashed | oom_suspected | hung | unrunnable
+        self.last_exit_kind: ExitKind | None = None
         self.last_error = ""
         self.last_used = 0.0
         self.last: GenerationResult | None = None  # the last generation that ended (KoboldCpp's perf reads it)
@@ -116,7 +109,7 @@ class ModelInstance:
     def status(self) -> dict[str, Any]:
         h = self.handle
         return {
-            "name": self.name, "handle": self.handle_id if h else None, "state": self._current_state().value,
+            "name": self.name, "handle": self.handle_id if h else None, "state": self.current_state.value,
             "pid": h.pid if h and h.alive else None, "progress": h.progress if h else 0.0,
             "load_seconds": h.load_seconds if h else None, "in_flight": int(self.busy), "queued": self._waiting,
             "restarts": self.restarts, "last_exit": self.last_exit or None, "last_exit_kind": self.last_exit_kind,
@@ -124,7 +117,9 @@ class ModelInstance:
             "context_size": self.context_size, "path": str(self.settings.path),
         }
 
-    def _current_state(self) -> InstanceState:
+    @property
+    def current_state(self) -> InstanceState:
+        """Its own state, ``busy`` while a generation holds its turn (the shown one: ``pool/state.py``)."""
         if self.state is InstanceState.READY and self.busy:
             return InstanceState.BUSY
         return self.state
@@ -182,7 +177,7 @@ class ModelInstance:
                 handle.adopt(self.settings)
                 self.handle = handle
             else:
-                handle = WorkerHandle(self.settings, heartbeat=self.heartbeat)
+                handle = WorkerHandle(self.settings, launcher=self.launcher, heartbeat=self.heartbeat)
                 self.handle = handle
             if self.on_progress is not None:
                 handle.on_progress = lambda: self.on_progress(self) if self.on_progress else None
@@ -195,7 +190,8 @@ class ModelInstance:
         except WarrenError as exc:
             self.state = InstanceState.CRASHED if isinstance(exc, WorkerCrashed) else InstanceState.LOAD_FAILED
             self.last_error = exc.message
-            self.last_exit_kind = (handle.exit_kind or "crashed") if isinstance(exc, WorkerCrashed) else "load_failed"
+            self.last_exit_kind = (handle.exit_kind or ExitKind.CRASHED) if isinstance(exc, WorkerCrashed) \
+                else ExitKind.LOAD_FAILED
             if isinstance(exc, WorkerCrashed):
                 self.last_exit = exc.message
             await handle.stop()
@@ -223,7 +219,7 @@ class ModelInstance:
         self.crashes += 1
         self.state = InstanceState.CRASHED
         self.last_exit = handle.exit_error.message
-        self.last_exit_kind = handle.exit_kind or "crashed"
+        self.last_exit_kind = handle.exit_kind or ExitKind.CRASHED
         if self.on_exit is not None:
             self.on_exit(self, handle.exit_error, handle.crashed_during)
 

@@ -9,7 +9,8 @@ with a recording ``Effects`` and a number for the clock.
 
 Memory accounting: every resident counts ``bytes`` against the budget — its estimate while loading,
 its measured footprint once ready. An instance chosen for eviction is marked ``STOPPING`` and no
-longer counted for admission; its worker exits while the new one loads.
+longer counted for admission; its worker exits while the new one loads. A resident's ``phase`` is an
+``InstanceState`` (``warren/pool/state.py``), one of ``RESIDENT``: the policy's part of the one state.
 
 Parking: an instance evicted to make room is *parked* instead of stopped when what it keeps parked
 (``park_bytes``: its worker and tokenizer tables, no context, the weights' pages unmapped) still fits
@@ -22,7 +23,6 @@ any idle instance: parking never keeps memory that the budget or the user wants 
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,21 +30,15 @@ from typing import Protocol
 
 from warren.errors import Busy, DoesNotFit, WarrenError
 from warren.pool.eviction import Candidate, choose_victims
+from warren.pool.state import InstanceState
 
 MIB = 1024 * 1024
-
-
-class Phase(enum.Enum):
-    LOADING = "loading"
-    READY = "ready"
-    PARKED = "parked"
-    STOPPING = "stopping"
 
 
 @dataclass
 class Resident:
     name: str
-    phase: Phase
+    phase: InstanceState  # one of state.RESIDENT: loading, ready, parked, stopping
     bytes: int
     in_flight: int = 0  # granted requests not yet released (running or queued in the instance)
     last_used: float = 0.0
@@ -97,7 +91,7 @@ class PoolPolicy:
 
     # -- views ----------------------------------------------------------------------------------------
     def _counted(self) -> list[Resident]:
-        return [r for r in self.residents.values() if r.phase is not Phase.STOPPING]
+        return [r for r in self.residents.values() if r.phase is not InstanceState.STOPPING]
 
     @property
     def reserved(self) -> int:
@@ -105,7 +99,7 @@ class PoolPolicy:
         return sum(r.bytes for r in self._counted())
 
     def _slots_free(self) -> int:
-        loaded = [r for r in self._counted() if r.phase is not Phase.PARKED]
+        loaded = [r for r in self._counted() if r.phase is not InstanceState.PARKED]
         return (self.max_models - len(loaded)) if self.max_models > 0 else 1 << 30
 
     # -- events ---------------------------------------------------------------------------------------
@@ -143,10 +137,10 @@ class PoolPolicy:
 
     def load_finished(self, model: str, *, ok: bool, measured: int, load_seconds: float, now: float) -> None:
         r = self.residents.get(model)
-        if r is None or r.phase is not Phase.LOADING:
+        if r is None or r.phase is not InstanceState.LOADING:
             return
         if ok:
-            r.phase = Phase.READY
+            r.phase = InstanceState.READY
             r.bytes = measured or r.bytes
             r.reload_seconds = load_seconds
             r.last_used = now
@@ -157,7 +151,7 @@ class PoolPolicy:
     def measured(self, model: str, footprint: int, *, parked: bool = False) -> None:
         """A fresh measurement of a ready (or, with ``parked``, a parked) instance's footprint."""
         r = self.residents.get(model)
-        if r is not None and r.phase is (Phase.PARKED if parked else Phase.READY) and footprint > 0:
+        if r is not None and r.phase is (InstanceState.PARKED if parked else InstanceState.READY) and footprint > 0:
             r.bytes = footprint
             if parked:
                 r.park_bytes = footprint
@@ -199,7 +193,7 @@ class PoolPolicy:
     def unload(self, model: str, reason: str, now: float) -> bool:
         """Unload now if idle, else as soon as its requests finish. False if it is not resident."""
         r = self.residents.get(model)
-        if r is None or r.phase is Phase.STOPPING:
+        if r is None or r.phase is InstanceState.STOPPING:
             return False
         r.unload_reason = reason
         r.pinned = False
@@ -218,8 +212,8 @@ class PoolPolicy:
     # -- decisions ------------------------------------------------------------------------------------
     def _admit(self, ticket: int, model: str, need: int, now: float, park_need: int = 0) -> bool:
         r = self.residents.get(model)
-        if r is not None and r.phase is not Phase.PARKED:
-            if r.phase is Phase.STOPPING:
+        if r is not None and r.phase is not InstanceState.PARKED:
+            if r.phase is InstanceState.STOPPING:
                 return False  # wait until it is gone, then load it again
             r.in_flight += 1
             r.last_used = now
@@ -228,9 +222,9 @@ class PoolPolicy:
             return True
         own = r.bytes if r is not None else 0  # a parked instance grows from what it holds already
         candidates = [Candidate(c.name, c.bytes, c.last_used, c.reload_seconds, c.priority,
-                                parked=c.phase is Phase.PARKED)
+                                parked=c.phase is InstanceState.PARKED)
                       for c in self._counted()
-                      if c.name != model and c.phase in (Phase.READY, Phase.PARKED) and c.in_flight == 0
+                      if c.name != model and c.phase in (InstanceState.READY, InstanceState.PARKED) and c.in_flight == 0
                       and not c.pinned]
         victims = choose_victims(candidates, need=need - own, free=self.budget - self.reserved,
                                  slots_free=self._slots_free())
@@ -241,14 +235,14 @@ class PoolPolicy:
         for name in victims:
             victim = self.residents[name]
             if name in parked:
-                victim.phase, victim.bytes = Phase.PARKED, victim.park_bytes
+                victim.phase, victim.bytes = InstanceState.PARKED, victim.park_bytes
             else:
-                victim.phase = Phase.STOPPING
+                victim.phase = InstanceState.STOPPING
         if r is None:
-            self.residents[model] = Resident(model, Phase.LOADING, need, in_flight=1, last_used=now,
+            self.residents[model] = Resident(model, InstanceState.LOADING, need, in_flight=1, last_used=now,
                                              park_bytes=park_need)
         else:
-            r.phase, r.bytes, r.in_flight, r.last_used, r.unload_reason = Phase.LOADING, need, 1, now, ""
+            r.phase, r.bytes, r.in_flight, r.last_used, r.unload_reason = InstanceState.LOADING, need, 1, now, ""
         for name in parked:
             self.effects.park(name)
         self.effects.start_load(model, [v for v in victims if v not in parked])
@@ -261,7 +255,7 @@ class PoolPolicy:
         parked: set[str] = set()
         for name in reversed(victims):
             v = self.residents[name]
-            if v.phase is Phase.READY and 0 < v.park_bytes <= room:
+            if v.phase is InstanceState.READY and 0 < v.park_bytes <= room:
                 parked.add(name)
                 room -= v.park_bytes
         return parked
@@ -269,15 +263,15 @@ class PoolPolicy:
     def _settle(self, now: float) -> None:
         """Unload what should go, then admit waiters that now fit (in arrival order)."""
         for r in list(self.residents.values()):
-            if r.phase not in (Phase.READY, Phase.PARKED) or r.in_flight:
+            if r.phase not in (InstanceState.READY, InstanceState.PARKED) or r.in_flight:
                 continue
             if r.unload_reason:
-                r.phase = Phase.STOPPING
+                r.phase = InstanceState.STOPPING
                 self.effects.stop(r.name, r.unload_reason)
                 continue
             keep = self.keep_alive_of(r)
             if not r.pinned and keep >= 0 and now - r.last_used >= keep:
-                r.phase = Phase.STOPPING
+                r.phase = InstanceState.STOPPING
                 self.effects.stop(r.name, "keep-alive expired")
         for w in list(self.waiting):
             if self._admit(w.ticket, w.model, w.need, now, w.park_need):

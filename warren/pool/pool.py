@@ -1,13 +1,22 @@
-"""The pool: runs the policy's decisions on real workers, and is what every route talks to.
+"""The pool: runs the policy's decisions on workers, and is what every route talks to.
 
 ``PoolPolicy`` decides (pure, synchronous); this class carries its decisions out — it *is* the
-policy's ``Effects`` — and feeds the outcomes back as events. It owns the model instances, the
-tasks that load and stop them, the warm spare worker, quarantine and crash back-off, and the
-periodic tick (keep-alive expiry, waiting deadlines, memory measurement, catalog rescans).
+policy's ``Effects`` — and feeds the outcomes back as events. What it does itself: the request path
+(``acquire`` → ``Lease``), the five effects and the tasks that carry them out (load, park, stop), the
+operator's actions (load, unload, activate) and the periodic tick. Each other job has its own module:
 
-A request goes through ``acquire`` → ``Lease``: the policy admits it (loading the model, evicting
-idle ones, or making it wait), the lease's ``ready()`` waits for the load, and ``release()`` tells the
-policy the request is over, which is what keeps busy instances from being evicted.
+| job | module |
+|---|---|
+| decisions: admission, waiting, eviction, keep-alive | ``warren/pool/policy.py`` (+ ``eviction.py``) |
+| a request's hold on a model, model names and handles | ``warren/pool/lease.py`` |
+| one model's worker, its queue and its crash report | ``warren/pool/instance.py`` |
+| crash counting, quarantine, restart back-off | ``warren/pool/crashes.py`` (+ ``culprits.py``) |
+| the warm spare | ``warren/pool/spare.py`` |
+| memory measurement | ``warren/pool/memory.py`` |
+| the status view and its events | ``warren/pool/status.py`` (+ ``events.py``, ``state.py``) |
+| background tasks | ``warren/pool/tasks.py`` |
+| starting workers | the ``Launcher`` it is given (``warren/worker/launcher.py``; local by default) |
+| time | the ``Clock`` it is given (``warren/clock.py``): every wait of the pool goes through it |
 """
 
 from __future__ import annotations
@@ -17,13 +26,11 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
-import psutil
-
 from warren.catalog import Catalog, CatalogEntry
+from warren.clock import Clock, MonotonicClock
 from warren.errors import (
     Forbidden,
     HandleGone,
@@ -33,113 +40,41 @@ from warren.errors import (
     WarrenError,
     WorkerLoadFailed,
 )
-from warren.gguf.estimate import WORKER_BASE_BYTES
 from warren.params import GenerationParams
+from warren.pool.crashes import CrashGuard
 from warren.pool.culprits import Culprits
 from warren.pool.events import EventBus
-from warren.pool.gpu_memory import GpuMemory
-from warren.pool.instance import InstanceState, ModelInstance
-from warren.pool.policy import Phase, PoolPolicy, Resident
-from warren.settings import ModelSettings, ServerSettings
-from warren.worker.handle import WorkerHandle
+from warren.pool.instance import ModelInstance
+from warren.pool.lease import Lease, split_handle
+from warren.pool.memory import MEASURE_EVERY, Footprints, MemoryMeter
+from warren.pool.policy import PoolPolicy, Resident
+from warren.pool.spare import WarmSpare
+from warren.pool.state import InstanceState
+from warren.pool.status import StatusView
+from warren.pool.tasks import TaskSet
+from warren.settings import ServerSettings
+from warren.worker.launcher import ExitKind, Footprint, Launcher
+from warren.worker.local import LocalLauncher
+
+__all__ = ["Lease", "Pool", "split_handle"]
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0  # keep-alive and waiting deadlines are checked this often
-MEASURE_EVERY = 5  # ticks between memory measurements and catalog rescans
-CRASH_WINDOW = 120.0  # crashes older than this are forgotten
-CRASH_LOOP_LIMIT = 4  # this many crashes within the window quarantine the model
-BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0  # seconds before restarting after the n-th crash: base * 2**(n-1)
-# After crashes charged to requests: short, so one client's bad requests cannot hold the model off for
-# everyone, yet a burst of them cannot make the worker restart back to back.
-CHARGED_BACKOFF_BASE, CHARGED_BACKOFF_MAX = 0.25, 2.0
-SPARE_DELAY = 0.2  # seconds after a load before the next warm spare starts (let its first request run)
-MEASURE_DELAY = 0.3  # seconds after a load before its first memory measurement (likewise)
 BYTES_PER_TOKEN = 32  # a token is ~4 characters of text; JSON escapes and UTF-8 take a few times that at most
 BODY_SLACK = 2**20  # on top of the prompt: the rest of a request's JSON (messages, samplers, grammars)
-
-
-def measure_footprint(pid: int) -> int:
-    """Private + proportional shared memory of one worker (PSS), else RSS.
-
-    ``/proc/PID/smaps_rollup`` is summed by the kernel; psutil's ``memory_full_info`` parses the whole
-    ``smaps`` in Python, which costs tens of milliseconds of CPU for a process with a model mapped."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error:
-        return 0
-
-
-def split_handle(name: str) -> tuple[str, int | None]:
-    """``smol@3`` -> ("smol", 3); ``koboldcpp/smol`` -> ("smol", None); ``@3`` is neither: ``ModelNotFound``."""
-    name = name.removeprefix("koboldcpp/")
-    base, sep, gen = name.rpartition("@")
-    if sep and gen.isdigit():
-        if not base:
-            raise ModelNotFound(f"{name!r} names no model", hint="a handle is NAME@GENERATION, e.g. smol@1")
-        return base, int(gen)
-    if not name:
-        raise ModelNotFound("no model named", hint="give a model name, or leave it out for the active model")
-    return name, None
-
-
-class Lease:
-    """One admitted request on one model. ``release()`` is idempotent and must always be called.
-
-    It counts on the policy's ``Resident`` it was granted on: when that instance is gone (a crash) and a
-    new one was admitted meanwhile, releasing an old lease must not take a request off the new count,
-    or the new instance could be evicted under a running request."""
-
-    def __init__(self, pool: Pool, instance: ModelInstance, resident: Resident | None = None) -> None:
-        self.pool = pool
-        self.instance = instance
-        self.resident = resident
-        self._released = False
-
-    async def ready(self) -> ModelInstance:
-        inst = self.instance
-        if not (inst.state is InstanceState.READY and inst.handle is not None and inst.handle.alive):
-            task = self.pool._loads.get(inst.name)
-            if task is not None:
-                await asyncio.shield(task)
-            inst.require_ready()
-        return inst
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            current = self.pool.policy.residents.get(self.instance.name)
-            if self.resident is None or current is self.resident:
-                self.pool.policy.released(self.instance.name, self.pool.clock())
-            self.pool._publish(self.instance, "usage")
-
-    async def __aenter__(self) -> ModelInstance:
-        try:
-            return await self.ready()
-        except BaseException:
-            self.release()
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
 
 
 class Pool:
     def __init__(self, server: ServerSettings, catalog: Catalog, *, budget: int, max_models: int = 0,
                  keep_alive: float = 300.0, wait_seconds: float = 60.0, heartbeat: bool = True,
-                 warm_spare: bool = True, park: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+                 warm_spare: bool = True, park: bool = True, launcher: Launcher | None = None,
+                 clock: Clock | None = None) -> None:
         self.server = server
         self.catalog = catalog
-        self.clock = clock
+        self.launcher: Launcher = launcher or LocalLauncher()
+        self.clock: Clock = clock or MonotonicClock()
         self.heartbeat = heartbeat
-        self.warm_spare = warm_spare
         self.park_evicted = park
         self.policy = PoolPolicy(self, budget=budget, max_models=max_models, keep_alive=keep_alive,
                                  wait_seconds=wait_seconds)
@@ -147,25 +82,30 @@ class Pool:
         self.active_name: str | None = catalog.active.name if catalog.active else None
         self.events = EventBus()
         self.evictions: dict[str, int] = {}
+        self.tasks = TaskSet()
+        self.culprits = Culprits()
+        self.crashes = CrashGuard(self.culprits)
+        self.footprints = Footprints()
+        self.meter = MemoryMeter(self.launcher, self.clock, self.tasks, residents=self.policy.residents,
+                                 instances=self.instances, record=self._measured)
+        self.spare = WarmSpare(self.launcher, self.clock, self.tasks, enabled=warm_spare, heartbeat=heartbeat,
+                               room=lambda: self.policy.budget - self.policy.reserved)
+        self.view = StatusView(self)
         self._tickets: dict[int, asyncio.Future[Resident | None]] = {}
         self._ticket_ids = itertools.count(1)
         self._loads: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._quarantine: dict[str, tuple[tuple[Any, ...], str]] = {}
-        self._crash_times: dict[str, list[float]] = {}
-        self._charged_times: dict[str, list[float]] = {}  # crashes charged to requests (not quarantined)
-        self.culprits = Culprits()
-        self._measured: dict[str, int] = {}
-        self._parked_measured: dict[str, int] = {}  # footprints measured while parked, per entry
-        self.gpu = GpuMemory()
-        self._gpu_bytes: dict[str, int] = {}  # the GPU part of each entry's last measurement
-        self._spare: WorkerHandle | None = None
-        self._spare_task: asyncio.Task[None] | None = None
-        self._spare_starting = False
-        self._spare_bytes = 0
+        self._ticks = 0
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
+
+    @classmethod
+    def from_settings(cls, server: ServerSettings, catalog: Catalog, *, launcher: Launcher | None = None,
+                      clock: Clock | None = None) -> Pool:
+        """The pool the command line asks for (``warren/cli/main.py``; tests build theirs the same way)."""
+        return cls(server, catalog, budget=server.memory_budget, max_models=server.max_models,
+                   keep_alive=server.keep_alive, wait_seconds=server.load_wait, warm_spare=server.warm_spare,
+                   park=server.park, launcher=launcher, clock=clock)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self, preload: bool = True) -> None:
@@ -181,7 +121,7 @@ class Pool:
                 await self.load(name, pin=True if self.catalog.entries[name].pinned else None)
             except WarrenError as exc:
                 log.error("model failed to load at start-up model=%s error=%s", name, exc.message)
-        self._ensure_spare()
+        self.spare.ensure()
 
     def begin_shutdown(self) -> None:
         """SIGTERM: requests waiting for room are refused now, and new ones from here on."""
@@ -193,25 +133,9 @@ class Pool:
         self._closing = True
         if self._ticker is not None:
             self._ticker.cancel()
-        for task in list(self._loads.values()) + list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._loads.values(), *self._tasks, return_exceptions=True)
-        stops = [i.stop() for i in self.instances.values()]
-        if self._spare is not None:
-            stops.append(self._spare.stop())
-        await asyncio.gather(*stops, return_exceptions=True)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None and not isinstance(t.exception(), WarrenError):
-                log.error("pool task failed task=%s", t.get_name(), exc_info=t.exception())
-
-        task.add_done_callback(done)
-        return task
+        await self.tasks.cancel_all()
+        await asyncio.gather(*(i.stop() for i in self.instances.values()), self.spare.close(),
+                             return_exceptions=True)
 
     # -- the request path ---------------------------------------------------------------------------------
     def instance_for(self, name: str | None) -> ModelInstance:
@@ -251,74 +175,63 @@ class Pool:
         ticket = next(self._ticket_ids)
         future: asyncio.Future[Resident | None] = asyncio.get_running_loop().create_future()
         self._tickets[ticket] = future
-        self.policy.request(ticket, base, self._need(entry), self.clock(), park_need=self._park_need(entry))
+        park_need = self.footprints.park_need(entry) if self.park_evicted else 0
+        self.policy.request(ticket, base, self.footprints.need(entry), self.clock.now(), park_need=park_need)
+        if not future.done():
+            self.view.publish(instance, "waiting")  # no room for it yet: it waits (``waiting`` in the status)
         try:
             resident = await future
         except BaseException:
             # Given up while waiting (client gone, shutdown): the policy forgets the waiter, so nothing is
             # evicted or loaded for it; a grant that landed in the same instant is handed straight back.
             if future.done() and not future.cancelled() and future.exception() is None:
-                self.policy.released(base, self.clock())
+                self.policy.released(base, self.clock.now())
             else:
-                self.policy.withdraw(ticket, self.clock())
+                self.policy.withdraw(ticket, self.clock.now())
             raise
         finally:
             self._tickets.pop(ticket, None)
         return Lease(self, instance, resident)
 
+    def load_task(self, model: str) -> asyncio.Task[None] | None:
+        """The task loading (or resuming) ``model``, if one was started; a lease waits on it."""
+        return self._loads.get(model)
+
     def _check_handle(self, name: str, generation: int) -> None:
         inst = self.instances.get(name)
         resident = self.policy.residents.get(name)
-        if inst is None or inst.generation != generation or resident is None or resident.phase is Phase.STOPPING:
-            now = f"; it is now {inst.handle_id}" if inst and resident and resident.phase is not Phase.STOPPING \
-                else ""
+        stopping = resident is not None and resident.phase is InstanceState.STOPPING
+        if inst is None or inst.generation != generation or resident is None or stopping:
+            now = f"; it is now {inst.handle_id}" if inst and resident and not stopping else ""
             raise HandleGone(f"handle {name}@{generation} is gone: that instance of model {name!r} was unloaded{now}",
                              hint=f"address the model as {name!r} to get whichever instance serves it", model=name)
 
     def _check_loadable(self, entry: CatalogEntry) -> None:
         self._valid_entry(entry)
-        quarantined = self._quarantine.get(entry.name)
+        quarantined = self.crashes.check(entry.name, entry.fingerprint)
         if quarantined is not None:
-            fingerprint, reason = quarantined
-            if fingerprint == entry.fingerprint:
-                raise Quarantined(f"model {entry.name!r} is quarantined: {reason}",
-                                  hint="fix its file or settings, or load it explicitly with "
-                                       f"POST /api/models/{entry.name}/load", model=entry.name)
-            del self._quarantine[entry.name]  # the file or settings changed: try again
+            raise Quarantined(f"model {entry.name!r} is quarantined: {quarantined.reason}",
+                              hint="fix its file or settings, or load it explicitly with "
+                                   f"POST /api/models/{entry.name}/load", model=entry.name)
 
     def _instance(self, entry: CatalogEntry) -> ModelInstance:
         assert entry.settings is not None
         inst = self.instances.get(entry.name)
         if inst is None:
-            inst = ModelInstance(entry.settings, queue_limit=self.server.queue_limit, heartbeat=self.heartbeat,
-                                 on_exit=self._on_crash, on_progress=lambda i: self._publish(i, "progress"),
-                                 culprits=self.culprits)
+            inst = ModelInstance(entry.settings, launcher=self.launcher, queue_limit=self.server.queue_limit,
+                                 heartbeat=self.heartbeat, on_exit=self._on_crash,
+                                 on_progress=lambda i: self.view.publish(i, "progress"), culprits=self.culprits)
             self.instances[entry.name] = inst
         elif inst.settings != entry.settings and inst.name not in self.policy.residents:
             inst.settings = entry.settings  # the entry changed while it was not loaded
         return inst
 
-    def _need(self, entry: CatalogEntry) -> int:
-        """Bytes to reserve: the last measured footprint of this entry, else its estimate."""
-        measured = self._measured.get(entry.name)
-        if measured:
-            return measured
-        return entry.estimate.total if entry.estimate else 0
-
-    def _park_need(self, entry: CatalogEntry) -> int:
-        """What the entry would keep parked (its last parked measurement, else the estimate); 0 when its
-        weights are not a file mapping, which parking could give back (``warren/worker/parking.py``)."""
-        s = entry.settings
-        if not self.park_evicted or s is None or not s.use_mmap or s.use_mlock or entry.estimate is None:
-            return 0
-        return self._parked_measured.get(entry.name) or entry.estimate.parked
-
     # -- Effects (called by the policy, synchronously) ----------------------------------------------------
     def start_load(self, model: str, evict: Sequence[str]) -> None:
-        self._loads[model] = self._spawn(self._load(model, list(evict)), f"load-{model}")
+        self._loads[model] = self.tasks.spawn(self._load(model, list(evict)), f"load-{model}")
 
     def stop(self, model: str, reason: str) -> None:
-        self._stops[model] = self._spawn(self._stop(model, reason), f"stop-{model}")
+        self._stops[model] = self.tasks.spawn(self._stop(model, reason), f"stop-{model}")
 
     def park(self, model: str) -> None:
         instance = self.instances.get(model)
@@ -330,15 +243,15 @@ class Pool:
             self._park_failed(model, exc)
             return
         self.evictions[model] = self.evictions.get(model, 0) + 1
-        self._spawn(self._park(instance, request), f"park-{model}")
+        self.tasks.spawn(self._park(instance, request), f"park-{model}")
 
     def grant(self, ticket: int, model: str) -> None:
         future = self._tickets.get(ticket)
         if future is not None and not future.done():
             future.set_result(self.policy.residents.get(model))  # the resident this grant counted on
-            asyncio.get_running_loop().call_soon(self._publish_usage, model)
+            asyncio.get_running_loop().call_soon(self.view.publish_usage, model)
         else:  # the client left while waiting: hand the admission straight back
-            asyncio.get_running_loop().call_soon(self.policy.released, model, self.clock())
+            asyncio.get_running_loop().call_soon(self.policy.released, model, self.clock.now())
 
     def reject(self, ticket: int, error: WarrenError) -> None:
         future = self._tickets.get(ticket)
@@ -356,10 +269,13 @@ class Pool:
         # The victims' channels are closed now and they exit in milliseconds, while the new model takes
         # ~100 ms to load: overlapping the two costs at most that short overlap in memory and saves the
         # wait from every swap. (A victim that does not exit is killed by its stop's escalation.)
-        await self._crash_backoff(model)
+        delay = self.crashes.backoff(model, self.clock.now())
+        if delay > 0:
+            log.info("restarting after a crash model=%s backoff_s=%.1f", model, delay)
+            await self.clock.sleep(delay)
         entry = self.catalog.entries.get(model) or self.catalog.get(model)
         instance = self._instance(entry)
-        self._publish(instance, "loading")
+        self.view.publish(instance, "loading")
         started = time.perf_counter()
         resuming = instance.parked and instance.settings == entry.settings
         if instance.parked and not resuming:  # its entry changed while parked: a fresh worker
@@ -367,31 +283,31 @@ class Pool:
             instance.settings = entry.settings
         try:
             if resuming:  # the model is loaded: a context is all it needs, and no second core's help
-                self._trim_spare()
+                self.spare.trim()
                 await instance.load()
             else:
-                spare = await self._take_spare(instance.settings)
-                self._trim_spare()
+                spare = await self.spare.take(instance.settings)
+                self.spare.trim()
                 await instance.load(spare, prefault_bytes=entry.estimate.kv_cache if entry.estimate else 0,
                                     prefault_after=replaced)
         except WarrenError as exc:
-            if isinstance(exc, WorkerLoadFailed) or instance.last_exit_kind == "unrunnable":
-                self._quarantine[model] = (entry.fingerprint, exc.message)
-            self.policy.load_finished(model, ok=False, measured=0, load_seconds=0.0, now=self.clock())
-            self._publish(instance, "load_failed", error=exc.message)
+            if isinstance(exc, WorkerLoadFailed) or instance.last_exit_kind is ExitKind.UNRUNNABLE:
+                self.crashes.load_failed(model, fingerprint=entry.fingerprint, message=exc.message)
+            self.policy.load_finished(model, ok=False, measured=0, load_seconds=0.0, now=self.clock.now())
+            self.view.publish(instance, "load_failed", error=exc.message)
             raise
         assert instance.handle is not None
         # The reservation stays at the estimate until the measurement replaces it, a moment later.
         self.policy.load_finished(model, ok=True, measured=0, load_seconds=time.perf_counter() - started,
-                                  now=self.clock())
-        self._spawn(self._measure_one(model, instance.handle.pid), f"measure-{model}")
+                                  now=self.clock.now())
+        self.meter.soon(model, instance.handle)
         self.policy.configure(model, pinned=True if entry.pinned else None, priority=entry.priority)
         if entry.keep_alive is not None:
             self.policy.configure(model, keep_alive=entry.keep_alive)
         elif model == self.active_name:
             self.policy.configure(model, keep_alive=-1)  # as KoboldCpp: the active model stays loaded
-        self._publish(instance, "ready")
-        self._ensure_spare()
+        self.view.publish(instance, "ready")
+        self.spare.ensure()
 
     async def _park(self, instance: ModelInstance, request: Awaitable[None]) -> None:
         try:
@@ -399,16 +315,16 @@ class Pool:
         except WarrenError as exc:
             self._park_failed(instance.name, exc)
             return
-        self._publish(instance, "parked")
+        self.view.publish(instance, "parked")
         assert instance.handle is not None
-        self._spawn(self._measure_one(instance.name, instance.handle.pid, parked=True), f"measure-{instance.name}")
+        self.meter.soon(instance.name, instance.handle, parked=True)
 
     def _park_failed(self, model: str, error: WarrenError) -> None:
         resident = self.policy.residents.get(model)
-        if self._closing or resident is None or resident.phase is not Phase.PARKED:
+        if self._closing or resident is None or resident.phase is not InstanceState.PARKED:
             return  # stopped meanwhile (its channel closed under the Park request): nothing to undo
         log.warning("could not park model=%s error=%s; unloading it", model, error.message)
-        self.policy.unload(model, f"could not park: {error.message}", self.clock())
+        self.policy.unload(model, f"could not park: {error.message}", self.clock.now())
 
     async def _stop(self, model: str, reason: str) -> None:
         instance = self.instances.get(model)
@@ -416,100 +332,39 @@ class Pool:
             if instance is not None:
                 log.info("unloading model=%s reason=%s", model, reason)
                 instance.last_exit = f"unloaded: {reason}"
-                instance.last_exit_kind = "requested"
+                instance.last_exit_kind = ExitKind.REQUESTED
                 await instance.stop()
         finally:
             if self._stops.get(model) is asyncio.current_task():
                 del self._stops[model]
-            self.policy.exited(model, self.clock())
+            self.policy.exited(model, self.clock.now())
         if instance is not None:
-            self._publish(instance, "unloaded", reason=reason)
+            self.view.publish(instance, "unloaded", reason=reason)
 
     def _on_crash(self, instance: ModelInstance, error: WarrenError, culprit: GenerationParams | None = None
                   ) -> None:
-        """A worker died by itself. A crash during a generation ("crashed": a signal such as SIGSEGV or
-        SIGABRT, or an exit status) is charged to that request: remembered in ``culprits`` and not
-        counted toward quarantine. Crashes while idle or loading, SIGKILL (out of memory), hangs and
-        unrunnable engines (SIGILL, SIGBUS) stay the model's."""
-        now = self.clock()
-        if culprit is not None and instance.last_exit_kind == "crashed":
-            self.culprits.charge(instance.name, culprit, error.message)
-            self._charged_times[instance.name] = [
-                t for t in self._charged_times.get(instance.name, []) if now - t < CRASH_WINDOW] + [now]
-            log.warning("crash charged to the request model=%s error=%s", instance.name, error.message)
-            self.policy.exited(instance.name, now)
-            self._publish(instance, "crashed", error=error.message, charged_to_request=True)
-            return
-        times = [t for t in self._crash_times.get(instance.name, []) if now - t < CRASH_WINDOW] + [now]
-        self._crash_times[instance.name] = times
+        """A worker died by itself. A crash during a generation is charged to that request; other crashes
+        count toward the model's quarantine (``warren/pool/crashes.py``). Either way its reservation goes."""
         entry = self.catalog.entries.get(instance.name)
-        if instance.last_exit_kind == "unrunnable":  # the engine cannot run here: restarting cannot help
-            self._quarantine[instance.name] = (entry.fingerprint if entry else (), error.message)
-        elif len(times) >= CRASH_LOOP_LIMIT:
-            self._quarantine[instance.name] = (entry.fingerprint if entry else (),
-                                               f"it crashed {len(times)} times in {CRASH_WINDOW:.0f} s "
-                                               f"(last: {error.message})")
-        self.policy.exited(instance.name, now)
-        self._publish(instance, "crashed", error=error.message)
+        charged = self.crashes.crashed(instance.name, kind=instance.last_exit_kind or ExitKind.CRASHED,
+                                       message=error.message, fingerprint=entry.fingerprint if entry else (),
+                                       now=self.clock.now(), culprit=culprit)
+        if charged:
+            log.warning("crash charged to the request model=%s error=%s", instance.name, error.message)
+        self.policy.exited(instance.name, self.clock.now())
+        extra: dict[str, Any] = {"charged_to_request": True} if charged else {}
+        self.view.publish(instance, "crashed", error=error.message, **extra)
 
-    async def _crash_backoff(self, model: str) -> None:
-        delay = 0.0
-        for crashes, base, most in ((self._crash_times, BACKOFF_BASE, BACKOFF_MAX),
-                                    (self._charged_times, CHARGED_BACKOFF_BASE, CHARGED_BACKOFF_MAX)):
-            times = [t for t in crashes.get(model, []) if self.clock() - t < CRASH_WINDOW]
-            if times:
-                delay = max(delay, min(base * 2 ** (len(times) - 1), most) - (self.clock() - times[-1]))
-        if delay > 0:
-            log.info("restarting after a crash model=%s backoff_s=%.1f", model, delay)
-            await asyncio.sleep(delay)
-
-    # -- warm spare ---------------------------------------------------------------------------------------
-    def _ensure_spare(self) -> None:
-        if not self.warm_spare or self._spare is not None or (self._spare_task and not self._spare_task.done()):
-            return
-        self._spare_starting = False
-        self._spare_task = self._spawn(self._start_spare(), "spare")
-
-    async def _start_spare(self) -> None:
-        # Start it a moment after a load, not during it: its interpreter start and imports take a core
-        # for ~0.3 s, which would slow the first request on the model just loaded.
-        await asyncio.sleep(SPARE_DELAY)
-        if self.policy.budget - self.policy.reserved < WORKER_BASE_BYTES:
-            return  # no room in the budget for an idle worker: loads start cold instead
-        self._spare_starting = True
-        handle = WorkerHandle(ModelSettings(name="spare", path=Path("/dev/null")), heartbeat=self.heartbeat)
-        try:
-            await handle.start()
-        except WarrenError as exc:
-            log.warning("warm spare worker did not start error=%s", exc.message)
-            return
-        self._spare_bytes = await asyncio.to_thread(measure_footprint, handle.pid)
-        self._spare = handle
-
-    def _trim_spare(self) -> None:
-        """An idle spare is not reserved (the load that adopts it counts it in its own reservation), so
-        when the residents' reservations no longer leave room for it — a load that does not adopt it
-        (a resume, another engine), a measurement above the estimate — it is stopped."""
-        spare = self._spare
-        if spare is not None and self.policy.budget - self.policy.reserved < self._spare_bytes:
-            log.info("stopping the warm spare: the budget has no room left for it")
-            self._spare = None
-            self._spawn(spare.stop(), "spare-stop")
-
-    async def _take_spare(self, settings: ModelSettings) -> WorkerHandle | None:
-        if settings.engine != "llama" or not self.warm_spare:
-            return None
-        task = self._spare_task
-        if self._spare is None and task is not None and not task.done():
-            if self._spare_starting:
-                await asyncio.shield(task)  # a spare already on its way beats a cold start
-            else:
-                task.cancel()  # still waiting to start: start the worker for this load right away
-        spare, self._spare = self._spare, None
-        if spare is not None and (settings.engine != "llama" or not spare.alive):
-            self._spawn(spare.stop(), "spare-stop")
-            return None
-        return spare
+    def _measured(self, model: str, footprint: Footprint, parked: bool) -> None:
+        """A worker's footprint was measured (``warren/pool/memory.py``): keep it for the entry's next
+        load, tell the policy the current one, make room by stopping the spare, tell watchers."""
+        moved = self.footprints.record(model, footprint, parked=parked)
+        self.policy.measured(model, footprint.total, parked=parked)
+        if not parked:
+            self.spare.trim()
+        instance = self.instances.get(model)
+        if moved and instance is not None:
+            self.view.publish(instance, "measured")
 
     # -- operator actions ---------------------------------------------------------------------------------
     async def load(self, name: str, *, pin: bool | None = None, keep_alive: float | None = None) -> ModelInstance:
@@ -518,10 +373,7 @@ class Pool:
         base, generation = split_handle(name)
         if generation is not None:
             self._check_handle(base, generation)
-        self._quarantine.pop(base, None)
-        self._crash_times.pop(base, None)
-        self._charged_times.pop(base, None)
-        self.culprits.forget(base)
+        self.crashes.lift(base)
         lease = await self.acquire(name)
         try:
             instance = await lease.ready()
@@ -534,7 +386,7 @@ class Pool:
         base, generation = split_handle(name)
         if generation is not None:
             self._check_handle(base, generation)
-        return self.policy.unload(base, reason, self.clock())
+        return self.policy.unload(base, reason, self.clock.now())
 
     def body_limit(self) -> int:
         """The largest request body worth reading: ``--maxrequestsize``, lowered to what a prompt for the
@@ -593,119 +445,23 @@ class Pool:
 
     # -- periodic work ------------------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
-        for n in itertools.count():
-            await asyncio.sleep(TICK_SECONDS)
-            self.policy.tick(self.clock())
-            if n % MEASURE_EVERY == 0:
-                self._measure()
-                with contextlib.suppress(WarrenError):
-                    self.catalog.refresh()
+        while True:
+            await self.clock.sleep(TICK_SECONDS)
+            self.tick()
 
-    async def _measure_one(self, model: str, pid: int, parked: bool = False) -> None:
-        """The first measurement of a new (or newly parked) worker, once its first requests are done: the
-        kernel's walk of its page tables takes a few ms of CPU, which during the first decode (two threads
-        on two cores here) delayed the first token of every swap. A model busy for longer is measured by
-        the tick."""
-        await asyncio.sleep(MEASURE_DELAY)
-        resident = self.policy.residents.get(model)
-        instance = self.instances.get(model)
-        if resident is None or resident.in_flight or instance is None or instance.handle is None \
-                or instance.handle.pid != pid or not instance.handle.alive or instance.parked != parked:
-            return
-        footprint = await asyncio.to_thread(self._footprint, model, pid)
-        if footprint:
-            self._record_footprint(model, footprint, parked=parked)
+    def tick(self) -> None:
+        """Time passed: waiting deadlines and keep-alives (the policy); every ``MEASURE_EVERY`` ticks, the
+        idle residents' memory and a catalog rescan."""
+        self.policy.tick(self.clock.now())
+        if self._ticks % MEASURE_EVERY == 0:
+            self.meter.idle()
+            with contextlib.suppress(WarrenError):
+                self.catalog.refresh()
+        self._ticks += 1
 
-    def _footprint(self, model: str, pid: int) -> int:
-        """PSS plus the GPU memory NVML reports for the worker (``warren/pool/gpu_memory.py``)."""
-        gpu = self.gpu.by_pid().get(pid, 0)
-        self._gpu_bytes[model] = gpu
-        return measure_footprint(pid) + gpu
-
-    def _record_footprint(self, model: str, footprint: int, parked: bool = False) -> None:
-        """Keep the largest footprint seen for the entry (it corrects later estimates), tell the policy
-        the current one, and tell watchers when it moved by more than a MiB."""
-        if parked:
-            self._parked_measured[model] = max(footprint, self._parked_measured.get(model, 0))
-            self.policy.measured(model, footprint, parked=True)
-            if (instance := self.instances.get(model)) is not None:
-                self._publish(instance, "measured")
-            return
-        before = self._measured.get(model, 0)
-        self._measured[model] = max(footprint, before)
-        self.policy.measured(model, footprint)
-        self._trim_spare()
-        instance = self.instances.get(model)
-        if instance is not None and abs(self._measured[model] - before) > 2**20:
-            self._publish(instance, "measured")
-
-    def _measure(self) -> None:
-        """Measure idle instances only: a busy one is using both cores, and its footprint is not moving."""
-        for name, resident in self.policy.residents.items():
-            inst = self.instances.get(name)
-            if resident.phase in (Phase.READY, Phase.PARKED) and not resident.in_flight and inst and inst.handle \
-                    and inst.handle.alive and inst.parked == (resident.phase is Phase.PARKED):
-                footprint = self._footprint(name, inst.handle.pid)
-                if footprint:
-                    self._record_footprint(name, footprint, parked=inst.parked)
-
-    # -- status -------------------------------------------------------------------------------------------
-    def _publish_usage(self, model: str) -> None:
-        instance = self.instances.get(model)
-        if instance is not None:
-            self._publish(instance, "usage")
-
-    def _publish(self, instance: ModelInstance, event: str, **extra: Any) -> None:
-        if not self.events.listened:
-            return  # describing an instance is not free, and this runs twice per request
-        self.events.publish(event, model=instance.name, instance=self.describe(instance.name),
-                            pool=self._totals(), **extra)
-
-    def _totals(self) -> dict[str, int]:
-        """Budget figures. The warm spare is not reserved (the next load adopts it, inside that load's
-        own reservation) and is only started when the budget has room for it; ``spare`` shows it."""
-        measured = sum(self._measured.get(n, 0) for n, r in self.policy.residents.items() if r.phase is Phase.READY)
-        parked = sum(r.bytes for r in self.policy.residents.values() if r.phase is Phase.PARKED)
-        spare = self._spare_bytes if self._spare is not None else 0
-        return {"budget": self.policy.budget, "reserved": self.policy.reserved, "measured": measured,
-                "parked": parked, "spare": spare}
-
+    # -- status (``warren/pool/status.py``) ----------------------------------------------------------------
     def describe(self, name: str) -> dict[str, Any]:
-        entry = self.catalog.entries.get(name)
-        inst = self.instances.get(name)
-        resident = self.policy.residents.get(name)
-        status = inst.status() if inst else {"name": name, "handle": None, "state": "unloaded", "pid": None}
-        if inst and resident is None and status["state"] in ("ready", "busy", "loading", "starting", "parked"):
-            status["state"] = "unloaded"
-        if name in self._quarantine and status["state"] not in ("ready", "busy"):
-            status["state"] = "load_failed" if inst is None or inst.state is not InstanceState.CRASHED else "crashed"
-            status["quarantined"] = self._quarantine[name][1]
-        now = self.clock()
-        keep = None
-        if resident is not None:
-            keep = self.policy.keep_alive_of(resident)
-        status.update({
-            "active": name == self.active_name,
-            "memory": {"estimate": entry.estimate.as_dict() if entry and entry.estimate else None,
-                       "measured": self._measured.get(name) if resident else None,
-                       "gpu": self._gpu_bytes.get(name) if resident and self.gpu.available else None,
-                       "reserved": resident.bytes if resident else 0},
-            "in_flight": resident.in_flight if resident else 0,
-            "pinned": bool(resident and resident.pinned) or bool(entry and entry.pinned),
-            "keep_alive": keep,
-            "expires_in": (max(0.0, keep - (now - resident.last_used))
-                           if resident and keep is not None and keep >= 0 and not resident.pinned
-                           and not resident.in_flight else None),
-            "last_used_ago": (now - resident.last_used) if resident else None,
-            "evictions": self.evictions.get(name, 0),
-            "crashes": inst.crashes if inst else 0,
-            "culprits": self.culprits.count(name),  # fingerprints of requests that crashed it: refused
-            "settings": entry.describe()["settings"] if entry else None,
-            "error": entry.error if entry and not entry.valid else status.get("last_error"),
-        })
-        return status
+        return self.view.describe(name)
 
     def status(self) -> dict[str, Any]:
-        names = list(dict.fromkeys([*self.catalog.entries, *self.instances]))
-        return {**self.policy.status(), **self._totals(), "active": self.active_name,
-                "instances": [self.describe(n) for n in names]}
+        return self.view.status()

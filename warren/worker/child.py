@@ -1,7 +1,10 @@
 """The worker process: one model, served over the inherited channel until EOF.
 
-Started by ``warren.worker.launcher`` as ``python -m warren.worker.child --fd N --parent PID``: a fresh
-interpreter (spawn semantics, never fork), so no supervisor state, thread or lock is inherited.
+Started by the local launcher (``warren/worker/local.py``) as ``python -m warren.worker.child --fd N
+--parent PID``: a fresh interpreter (spawn semantics, never fork), so no supervisor state, thread or lock
+is inherited. ``Worker`` itself does not depend on being alone in its process: the tests' in-process
+launcher (``tests/fakes/inprocess.py``) runs it on threads, with a fake engine, over a real socketpair,
+and gives it its own ``on_eof`` and ``log`` instead of ending the process and writing to stderr.
 
 Threads:
 - the **main thread** runs the engine (load, generate, park) one request at a time, because a
@@ -36,7 +39,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from warren.errors import InvalidRequest, WarrenError, WorkerLoadFailed
 from warren.model_info import ModelInfo
@@ -83,12 +86,21 @@ class FrameSocket:
         return p.decode(body)
 
 
+def _exit_now() -> None:
+    os._exit(0)
+
+
 class Worker:
-    def __init__(self, channel: FrameSocket, engine: Engine) -> None:
+    def __init__(self, channel: FrameSocket, engine: Engine, *, on_eof: Callable[[], None] = _exit_now,
+                 log: TextIO | None = None) -> None:
+        """``on_eof``: what the end of the channel does (in a worker process: end it, at once); ``log``:
+        where the worker's own messages go (stderr when None)."""
         self.channel = channel
         self.engine = engine
-        self.inbox: queue.SimpleQueue[p.Frame] = queue.SimpleQueue()  # for the main thread
-        self.tokens: queue.SimpleQueue[p.Frame] = queue.SimpleQueue()  # for the tokens thread
+        self.on_eof = on_eof
+        self.log = log
+        self.inbox: queue.SimpleQueue[p.Frame | None] = queue.SimpleQueue()  # for the main thread
+        self.tokens: queue.SimpleQueue[p.Frame | None] = queue.SimpleQueue()  # for the tokens thread
         self.cancelled: set[int] = set()
         self.cancel_lock = threading.Lock()
 
@@ -109,23 +121,23 @@ class Worker:
                 else:
                     self.inbox.put(frame)  # before the model is loaded, token frames wait for the Load
         except (OSError, p.ProtocolError) as exc:
-            print(f"warren worker: channel broken: {exc}", file=sys.stderr, flush=True)
-        os._exit(0)  # EOF: the supervisor is gone or done with us
+            print(f"warren worker: channel broken: {exc}", file=self.log or sys.stderr, flush=True)
+        self.on_eof()  # EOF: the supervisor is gone or done with us
 
     def is_cancelled(self, request_id: int) -> Callable[[], bool]:
         return lambda: request_id in self.cancelled
 
     # -- main and tokens threads ----------------------------------------------------------------------
-    def serve(self, inbox: queue.SimpleQueue[p.Frame]) -> None:
-        """Answer the frames of ``inbox`` in order, each with its answer or a ``Failed`` frame."""
-        while True:
-            frame = inbox.get()  # the worker ends on channel EOF (the reader thread), not here
+    def serve(self, inbox: queue.SimpleQueue[p.Frame | None]) -> None:
+        """Answer the frames of ``inbox`` in order, each with its answer or a ``Failed`` frame, until a
+        ``None`` (in a worker process the reader thread ends the process on EOF instead)."""
+        while (frame := inbox.get()) is not None:
             try:
                 self.channel.send(self.handle(frame))
             except WarrenError as exc:
                 self.channel.send(p.Failed(id=frame.id, error=exc.to_wire()))
             except Exception as exc:  # a bug here must fail one request, not the model: log it, answer, go on
-                traceback.print_exc(file=sys.stderr)
+                traceback.print_exc(file=self.log or sys.stderr)
                 error = WarrenError(f"internal error in the worker ({type(exc).__name__}); see the server log")
                 self.channel.send(p.Failed(id=frame.id, error=error.to_wire()))
             finally:

@@ -1,17 +1,20 @@
-"""The supervisor's side of one worker process: spawn, handshake, requests, liveness, stop, reap.
+"""The supervisor's side of one worker: handshake, requests, liveness, stop, and what its end means.
 
-A ``WorkerHandle`` owns exactly one child process and everything attached to it: the channel, the
-task that reads frames, the task that keeps the child's stderr in a bounded ring, and the heartbeat.
-All of them are stored on the handle and ended by ``stop()``; none is left unowned.
+A ``WorkerHandle`` owns exactly one worker and everything attached to it: the ``WorkerProcess`` and
+``FrameChannel`` its launcher gave (``warren/worker/launcher.py``: a local subprocess in production,
+threads of the test process in tests), the task that reads frames, and the heartbeat. All of them are
+stored on the handle and ended by ``stop()``; none is left unowned. Nothing here depends on how the
+worker runs: spawning, signals, the output ring and the process-state probe are the launcher's.
 
 Contracts:
 - ``start()`` returns once the child said ``Hello`` (interpreter up, engine library imported).
 - ``load()`` returns the model description only after ``Ready``; progress is logged and kept in
   ``progress``.
-- When the process ends, every request still waiting gets an error: ``WorkerClosed`` if we stopped it,
-  ``WorkerCrashed`` naming the model and the signal or exit status otherwise. The last lines of its
-  stderr go to the log. A crash (``exit_kind`` "crashed") while a generation was running leaves that
-  generation's parameters in ``crashed_during``, so the pool can charge the crash to the request.
+- When the worker ends, every request still waiting gets an error: ``WorkerClosed`` if we stopped it,
+  ``WorkerCrashed`` naming the model and the signal or exit status otherwise (``classify_exit`` gives
+  ``exit_kind``). The last lines of its output go to the log. A crash (``ExitKind.CRASHED``) while a
+  generation was running leaves that generation's parameters in ``crashed_during``, so the pool can
+  charge the crash to the request.
 - Only liveness kills a worker: the heartbeat's verdict (``warren/worker/liveness.py``: frozen, hung) and
   the load timeout. Any other request that gets no answer in time — a Tokenize, a Park — fails alone
   with ``Busy``: a request waiting its turn in the worker says nothing about whether the worker lives.
@@ -26,10 +29,6 @@ import collections
 import contextlib
 import itertools
 import logging
-import os
-import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -41,19 +40,18 @@ from warren.errors import (
     WorkerClosed,
     WorkerCrashed,
     WorkerLoadFailed,
-    describe_exit,
-    unrunnable_cause,
 )
 from warren.model_info import ModelInfo
 from warren.params import GenerationParams
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
-from warren.worker.environment import worker_environment
-from warren.worker.liveness import Liveness, LivenessRule, ProcessProbe, Verdict, read_proc_stat
+from warren.worker.channel import ChannelClosed, FrameChannel
+from warren.worker.launcher import ExitKind, Launcher, WorkerProcess, classify_exit
+from warren.worker.liveness import Liveness, LivenessRule, ProcessProbe, Verdict
+from warren.worker.local import LocalLauncher
 
 log = logging.getLogger(__name__)
 
-STDERR_LINES = 200  # enough for llama.cpp's load log and a crash's last words, small enough to keep per model
 HELLO_TIMEOUT = 60.0  # interpreter start + importing llama_cpp; seconds on a loaded machine
 LOAD_TIMEOUT = 600.0  # a large model from a slow disk
 # The reader thread answers pings even mid-decode, so a Ping a second costs nothing and bounds how long a
@@ -64,28 +62,28 @@ STOP_GRACE = 3.0  # after EOF a healthy worker exits in milliseconds; a busy one
 
 
 class WorkerHandle:
-    def __init__(self, settings: ModelSettings, *, heartbeat: bool = True, load_timeout: float = LOAD_TIMEOUT,
-                 heartbeat_interval: float = HEARTBEAT_INTERVAL, liveness: LivenessRule | None = None,
-                 probe: ProcessProbe = read_proc_stat) -> None:
-        """``liveness``: the heartbeat's thresholds; ``probe`` reads the worker process's state for the
-        verdict (``warren/worker/liveness.py``); another launcher passes its own."""
+    def __init__(self, settings: ModelSettings, *, launcher: Launcher | None = None, heartbeat: bool = True,
+                 load_timeout: float = LOAD_TIMEOUT, heartbeat_interval: float = HEARTBEAT_INTERVAL,
+                 liveness: LivenessRule | None = None, probe: ProcessProbe | None = None) -> None:
+        """``launcher``: what starts the worker (a local subprocess unless given). ``liveness``: the
+        heartbeat's thresholds; ``probe`` replaces the launcher's reading of the worker's process state
+        for the verdict (``warren/worker/liveness.py``), for tests of the verdict."""
         self.settings = settings
         self.name = settings.name
-        self.process: asyncio.subprocess.Process | None = None
-        self.pid = 0
+        self.launcher: Launcher = launcher or LocalLauncher()
+        self.worker: WorkerProcess | None = None
+        self.channel: FrameChannel | None = None
         self.progress = 0.0
         self.model_info: ModelInfo | None = None
         self.load_seconds = 0.0
         self.started_at = 0.0
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
-        self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Queue[p.Frame | WarrenError]] = {}
         self._ids = itertools.count(1)
         self._hello: asyncio.Future[p.Hello] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self._kill_reason = ""
-        self._kill_kind = ""
+        self._kill_kind = ExitKind.HUNG
         self._heartbeat = heartbeat
         self._beating: asyncio.Task[None] | None = None
         self._load_timeout = load_timeout
@@ -94,31 +92,28 @@ class WorkerHandle:
         self._probe = probe
         self.exit_error: WarrenError | None = None
         self.on_progress: Callable[[], None] | None = None
-        self.exit_kind = ""  # requested | crashed | oom_suspected | hung | frozen | unrunnable, once ended
+        self.exit_kind: ExitKind | None = None  # once ended
         self.exited = asyncio.Event()
         self._generating: dict[int, GenerationParams] = {}  # Generate requests the worker has not ended
         self.crashed_during: GenerationParams | None = None  # the generation running when it crashed
 
+    # -- identity ------------------------------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        """The worker's process id (0 before it started): logs, status, and ``prefault_after``."""
+        return self.worker.pid if self.worker is not None else 0
+
+    @property
+    def stderr_tail(self) -> collections.deque[str]:
+        """The last lines the worker wrote (llama.cpp's log)."""
+        return self.worker.output if self.worker is not None else collections.deque()
+
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
-        parent_sock, child_sock = socket.socketpair()
-        try:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "warren.worker.child", "--fd", str(child_sock.fileno()),
-                "--parent", str(os.getpid()), "--engine", self.settings.engine,
-                pass_fds=(child_sock.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops workers in order
-                env=worker_environment(),
-            )
-        finally:
-            child_sock.close()
-        self.pid = self.process.pid
+        self.worker, self.channel = await self.launcher.start(self.settings)
         self.started_at = time.monotonic()
-        reader, self._writer = await asyncio.open_unix_connection(sock=parent_sock, limit=p.MAX_FRAME + 16)
         self._hello = asyncio.get_running_loop().create_future()
-        self._tasks.append(asyncio.create_task(self._read_frames(reader), name=f"frames-{self.name}"))
-        self._tasks.append(asyncio.create_task(self._read_stderr(), name=f"stderr-{self.name}"))
+        self._tasks.append(asyncio.create_task(self._read_frames(self.channel), name=f"frames-{self.name}"))
         log.debug("worker spawned model=%s pid=%s", self.name, self.pid)
         try:
             await asyncio.wait_for(asyncio.shield(self._hello), HELLO_TIMEOUT)
@@ -150,19 +145,18 @@ class WorkerHandle:
         """Ask the worker to free its context and weights' pages, keeping the model (``Park``)."""
         await self._request(p.Park(id=next(self._ids)), CALL_TIMEOUT)
 
-    async def kill(self, reason: str, kind: str = "hung") -> None:
+    async def kill(self, reason: str, kind: ExitKind = ExitKind.HUNG) -> None:
         """End a misbehaving worker now; waiters get ``WorkerCrashed`` with ``reason``; ``kind`` becomes
         its ``exit_kind`` (hung, frozen). SIGKILL ends a stopped process too."""
         log.error("killing worker model=%s pid=%s kind=%s reason=%s", self.name, self.pid, kind, reason)
         self._kill_reason, self._kill_kind = reason, kind
-        if self.process is not None and self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+        if self.worker is not None and self.worker.returncode is None:
+            self.worker.kill()
         await self.exited.wait()
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None and not self.exited.is_set()
+        return self.worker is not None and self.worker.returncode is None and not self.exited.is_set()
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Close the channel, wait, SIGTERM, wait, SIGKILL, reap. Cancellation-safe."""
@@ -175,18 +169,17 @@ class WorkerHandle:
             raise
 
     async def _stop(self, grace: float) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        proc = self.process
-        if proc is not None and proc.returncode is None:
+        if self.channel is not None:
+            self.channel.close()
+        worker = self.worker
+        if worker is not None and worker.returncode is None:
             for sig in (None, "terminate", "kill"):
                 if sig is not None:
                     log.info("worker did not exit; sending SIG%s model=%s pid=%s", sig[:4].upper(), self.name,
                              self.pid)
-                    with contextlib.suppress(ProcessLookupError):
-                        getattr(proc, sig)()
+                    getattr(worker, sig)()
                 try:
-                    await asyncio.wait_for(proc.wait(), grace)
+                    await asyncio.wait_for(worker.wait(), grace)
                     break
                 except TimeoutError:
                     continue
@@ -195,6 +188,8 @@ class WorkerHandle:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if worker is not None:
+            await worker.release()
 
     # -- requests -------------------------------------------------------------------------------------
     async def _request(self, frame: p.Frame, timeout: float | None = None, *, kill_on_timeout: bool = False
@@ -300,16 +295,13 @@ class WorkerHandle:
         return queue
 
     async def _send(self, frame: p.Frame) -> None:
-        if self._writer is None or self.exit_error is not None:
+        if self.channel is None or self.exit_error is not None:
             raise self.exit_error or WorkerClosed(f"the worker for model {self.name!r} is not running")
         try:
-            data = p.encode(frame)
+            await self.channel.send(frame)
         except p.Unencodable as exc:
             raise InvalidRequest(f"the request cannot be passed to the worker: {exc}",
                                  hint="text must be valid Unicode (no lone surrogates), numbers in range") from None
-        try:
-            self._writer.write(data)
-            await self._writer.drain()
         except (ConnectionError, OSError):
             await self.exited.wait()
             raise self.exit_error or WorkerClosed(f"the worker for model {self.name!r} is gone") from None
@@ -323,12 +315,11 @@ class WorkerHandle:
         return item
 
     # -- background tasks -------------------------------------------------------------------------------
-    async def _read_frames(self, reader: asyncio.StreamReader) -> None:
+    async def _read_frames(self, channel: FrameChannel) -> None:
         reason = ""
         try:
             while True:
-                header = await reader.readexactly(p.HEADER.size)
-                frame = p.decode(await reader.readexactly(p.frame_length(header)))
+                frame = await channel.receive()
                 if isinstance(frame, p.Hello):
                     if self._hello and not self._hello.done():
                         self._hello.set_result(frame)
@@ -341,45 +332,33 @@ class WorkerHandle:
                         self.on_progress()
                 elif (queue := self._pending.get(frame.id)) is not None:
                     queue.put_nowait(frame)
-        except asyncio.IncompleteReadError:
-            pass  # EOF: the process ended or closed its end
+        except ChannelClosed:
+            pass  # EOF: the worker ended or closed its end
         except p.ProtocolError as exc:
             reason = f"it sent an invalid frame ({exc})"
             log.error("worker sent garbage; killing it model=%s pid=%s error=%s", self.name, self.pid, exc)
-            if self.process and self.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
+            if self.worker is not None and self.worker.returncode is None:
+                self.worker.kill()
         except (ConnectionError, OSError):
             pass
         await self._on_exit(reason)
 
     async def _on_exit(self, reason: str) -> None:
-        proc = self.process
+        worker = self.worker
         returncode = None
-        if proc is not None:
+        if worker is not None:
             try:
-                returncode = await asyncio.wait_for(proc.wait(), 2.0 if not self._stopping else STOP_GRACE * 3)
-            except TimeoutError:  # channel closed but the process lingers: make sure it is gone
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                returncode = await proc.wait()
-        await asyncio.sleep(0)  # let the stderr task take the last lines
+                returncode = await asyncio.wait_for(worker.wait(), 2.0 if not self._stopping else STOP_GRACE * 3)
+            except TimeoutError:  # channel closed but the worker lingers: make sure it is gone
+                worker.kill()
+                returncode = await worker.wait()
+        await asyncio.sleep(0)  # let the output reader take the last lines
+        self.exit_kind, how = classify_exit(returncode, requested=self._stopping, protocol_error=reason,
+                                            killed_for=self._kill_reason, killed_kind=self._kill_kind)
         if self._stopping:
-            self.exit_kind = "requested"
             self.exit_error = WorkerClosed(f"model {self.name!r} was unloaded", model=self.name)
         else:
-            how = reason or self._kill_reason or describe_exit(returncode)
-            if reason or self._kill_reason:
-                self.exit_kind = self._kill_kind if self._kill_reason and not reason else "crashed"
-            elif cause := unrunnable_cause(returncode):
-                self.exit_kind = "unrunnable"  # no request provokes SIGILL/SIGBUS: the engine cannot run here
-                how += f": {cause}"
-            elif returncode == -signal.SIGKILL:
-                self.exit_kind = "oom_suspected"  # nobody here sent it: the kernel's OOM killer is the usual sender
-                how += " (not sent by warren: out of memory?)"
-            else:
-                self.exit_kind = "crashed"
-            if self.exit_kind == "crashed" and self._generating:
+            if self.exit_kind is ExitKind.CRASHED and self._generating:
                 self.crashed_during = next(iter(self._generating.values()))
             self.exit_error = WorkerCrashed(f"the worker for model {self.name!r} crashed: {how}",
                                             hint=self._tail_hint(), model=self.name, returncode=returncode)
@@ -392,15 +371,6 @@ class WorkerHandle:
             queue.put_nowait(self.exit_error)
         self.exited.set()
 
-    async def _read_stderr(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        debug = log.isEnabledFor(logging.DEBUG)
-        while line := await self.process.stdout.readline():
-            text = line.decode("utf-8", "replace").rstrip()
-            self.stderr_tail.append(text)
-            if debug:
-                log.debug("worker model=%s: %s", self.name, text)
-
     async def _beat(self) -> None:
         """Each interval: ask (a Ping) when the last one was answered, else judge the silence from the
         process's state (``warren/worker/liveness.py``) and kill a frozen or hung worker."""
@@ -408,16 +378,16 @@ class WorkerHandle:
         while self.alive:
             await asyncio.sleep(self._heartbeat_interval)
             await asyncio.sleep(0)  # a Pong already in the socket buffer is read before any judgement
-            if not self.alive or self._writer is None or self._stopping:
+            if not self.alive or self.channel is None or self._stopping:
                 return  # a worker being stopped is the stop escalation's to end
             now = time.monotonic()
             if not live.waiting:
                 live.pinged(now)
                 # No drain: a Ping is a few bytes, and this task must not wait behind a large frame
                 # another request is writing to a worker that may be stopped.
-                self._writer.write(p.encode(p.Ping(id=next(self._ids))))
+                self.channel.send_nowait(p.Ping(id=next(self._ids)))
                 continue
-            sample = self._probe(self.pid)
+            sample = self._probe(self.pid) if self._probe is not None else self.worker.probe() if self.worker else None
             verdict = live.judge(now, sample)
             if verdict is Verdict.WAIT and warned_for != live.asked_at:
                 warned_for = live.asked_at
@@ -425,7 +395,7 @@ class WorkerHandle:
                             "silent_s=%.1f", self.name, self.pid, sample.state if sample else "?",
                             live.silent_for(now))
             if verdict in (Verdict.FROZEN, Verdict.HUNG):
-                await self.kill(live.explain(verdict, now, sample), kind=verdict.value)
+                await self.kill(live.explain(verdict, now, sample), kind=ExitKind(verdict.value))
                 return
 
     def _tail_hint(self) -> str:

@@ -17,9 +17,10 @@ cannot tell apart three very different workers, so the verdict also reads the pr
   a starved reader thread needs milliseconds of CPU, not a minute.
 
 Without a way to read the state (``None``: another launcher, no ``/proc``) silence past ``HUNG_AFTER``
-is ``HUNG``, a plain timeout. The state is read through a ``ProcessProbe`` (a callable, pid → sample):
-the local launcher's is ``read_proc_stat``; a launcher that runs workers elsewhere (Ray, DESIGN §8)
-supplies its own.
+is ``HUNG``, a plain timeout. The state comes from the worker's launcher (``WorkerProcess.probe``,
+``warren/worker/launcher.py``): the local launcher reads ``/proc/PID/stat`` (``read_proc_stat``); the
+tests' in-process launcher reports a state the test sets; a launcher that runs workers elsewhere (Ray,
+DESIGN §8) would ask its node.
 
 ``Liveness`` keeps one worker's bookkeeping and takes time as a number, so tests are transcripts with
 a fake clock (``tests/unit/test_liveness.py``); it does no I/O.

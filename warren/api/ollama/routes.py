@@ -25,8 +25,8 @@ from warren.api.serving import Item
 from warren.errors import InvalidRequest, WarrenError
 from warren.params import GenerationParams, GenerationResult
 from warren.pool.instance import ModelInstance
-from warren.pool.policy import Phase
 from warren.pool.pool import Pool
+from warren.pool.state import InstanceState
 
 OLLAMA_VERSION = "0.11.0"  # the Ollama API level these routes follow
 
@@ -57,7 +57,7 @@ async def tags(pool: Pool = Depends(get_pool)) -> dict[str, Any]:
 async def ps(pool: Pool = Depends(get_pool)) -> dict[str, Any]:
     models = []
     for name, resident in pool.policy.residents.items():
-        if resident.phase is Phase.STOPPING:
+        if resident.phase is InstanceState.STOPPING:
             continue
         entry = pool.catalog.entries.get(name)
         if entry is None or entry.settings is None:

@@ -1,8 +1,8 @@
 """GPU memory per process, from NVIDIA's management library (NVML), where there is one.
 
 A worker that offloads layers to a GPU holds most of its model in GPU memory, which PSS does not see.
-The pool adds what NVML reports for the worker's pid to its measured footprint, so the reservation
-that replaces the estimate counts the whole model. NVML is the driver's own library
+The local launcher (``warren/worker/local.py``) adds what NVML reports for the worker's pid to its
+measured footprint, so the reservation that replaces the estimate counts the whole model. NVML is the driver's own library
 (``libnvidia-ml.so.1``), loaded with ctypes: no package to install, nothing to do on machines without
 an NVIDIA driver — there ``by_pid()`` is empty and footprints are PSS alone (the case on the machine
 these figures were taken on, which has no GPU).
