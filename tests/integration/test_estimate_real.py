@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.footprint import footprint_alone
 from warren.gguf.estimate import estimate_args, estimate_memory
 from warren.gguf.reader import read_gguf
 from warren.params import GenerationParams
@@ -15,25 +16,6 @@ from warren.settings import ModelSettings
 from warren.worker.handle import WorkerHandle
 
 TOLERANCE = 0.15  # issue 14's target, on both models
-
-
-def footprint_alone(pid: int, model: Path) -> int:
-    """The worker's PSS as if no other process mapped the model file. PSS is what the pool measures, but a
-    test run beside another one (the same model, the same installed path) would see the file's pages
-    split between the two: those pages are counted whole here."""
-    pss = shared = 0
-    in_model = False
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            fields = line.split()
-            if not line[0].isupper():  # a mapping's header: address range, perms, offset, dev, inode, path
-                in_model = len(fields) >= 6 and Path(fields[5]) == model.resolve()
-            elif fields[0] == "Pss:":
-                pss += int(fields[1]) * 1024
-                shared -= int(fields[1]) * 1024 if in_model else 0
-            elif fields[0] == "Rss:" and in_model:
-                shared += int(fields[1]) * 1024
-    return pss + shared
 
 
 @pytest.mark.parametrize("context", [512, 8192])
