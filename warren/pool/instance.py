@@ -34,6 +34,7 @@ from typing import Any
 from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
+from warren.pool.compute import ComputeShares
 from warren.pool.culprits import Culprits
 from warren.pool.state import InstanceState
 from warren.settings import ModelSettings
@@ -50,8 +51,8 @@ class ModelInstance:
     def __init__(self, settings: ModelSettings, *, launcher: Launcher | None = None, queue_limit: int = 6,
                  heartbeat: bool = True,
                  on_exit: Callable[[ModelInstance, WarrenError, GenerationParams | None], None] | None = None,
-                 on_progress: Callable[[ModelInstance], None] | None = None, culprits: Culprits | None = None
-                 ) -> None:
+                 on_progress: Callable[[ModelInstance], None] | None = None, culprits: Culprits | None = None,
+                 compute: ComputeShares | None = None) -> None:
         self.settings = settings
         self.launcher = launcher  # what starts its workers (``WorkerHandle``'s default: a local subprocess)
         self.on_progress = on_progress  # told as the worker reports load progress
@@ -59,6 +60,7 @@ class ModelInstance:
         # running if the crash happened during one ("crashed" exits only).
         self.on_exit = on_exit
         self.culprits = culprits
+        self.compute = compute  # the pool's cores, shared among generating workers (warren/pool/compute.py)
         self.name = settings.name
         self.queue_limit = queue_limit
         self.heartbeat = heartbeat
@@ -290,13 +292,24 @@ class ModelInstance:
             handle = self.require_ready()
             self.last_used = time.monotonic()
             try:
-                async for item in self._run(handle, params, stream, abort or asyncio.Event(), on_text):
-                    yield item
+                async with self._cores(handle):
+                    async for item in self._run(handle, params, stream, abort or asyncio.Event(), on_text):
+                        yield item
             except WorkerCrashed:
                 self._report_crash(handle)
                 raise
             finally:
                 self.last_used = time.monotonic()
+
+    def _cores(self, handle: WorkerHandle) -> contextlib.AbstractAsyncContextManager[object]:
+        """A share of the cores while this generation runs: at most ``--threads`` of them, and one for a model
+        offloaded to a GPU (the GPU does the work). Without a pool's compute (tests), nothing is shared."""
+        if self.compute is None:
+            return contextlib.nullcontext()
+        info = handle.model_info
+        offloaded = info is not None and info.gpu_offload and self.settings.gpu_layers > 0
+        return self.compute.running_on(self.handle_id, 1 if offloaded else self.settings.threads,
+                                       lambda share: handle.set_threads(share.threads, share.cores))
 
     async def _run(self, handle: WorkerHandle, params: GenerationParams, stream: bool, abort: asyncio.Event,
                    on_text: Callable[[str], None] | None) -> AsyncIterator[str | GenerationResult]:

@@ -41,6 +41,7 @@ from warren.errors import (
     WorkerLoadFailed,
 )
 from warren.params import GenerationParams
+from warren.pool.compute import ComputeShares
 from warren.pool.crashes import CrashGuard
 from warren.pool.culprits import Culprits
 from warren.pool.events import EventBus
@@ -84,6 +85,7 @@ class Pool:
         self.evictions: dict[str, int] = {}
         self.tasks = TaskSet()
         self.culprits = Culprits()
+        self.compute = ComputeShares()  # the cores, shared among the workers that generate
         self.crashes = CrashGuard(self.culprits)
         self.footprints = Footprints()
         self.meter = MemoryMeter(self.launcher, self.clock, self.tasks, residents=self.policy.residents,
@@ -220,7 +222,8 @@ class Pool:
         if inst is None:
             inst = ModelInstance(entry.settings, launcher=self.launcher, queue_limit=self.server.queue_limit,
                                  heartbeat=self.heartbeat, on_exit=self._on_crash,
-                                 on_progress=lambda i: self.view.publish(i, "progress"), culprits=self.culprits)
+                                 on_progress=lambda i: self.view.publish(i, "progress"), culprits=self.culprits,
+                                 compute=self.compute)
             self.instances[entry.name] = inst
         elif inst.settings != entry.settings and inst.name not in self.policy.residents:
             inst.settings = entry.settings  # the entry changed while it was not loaded

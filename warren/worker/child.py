@@ -116,6 +116,10 @@ class Worker:
                 elif isinstance(frame, p.Cancel):
                     with self.cancel_lock:
                         self.cancelled.add(frame.id)
+                elif isinstance(frame, p.SetThreads):  # recorded now, applied by the engine between decode steps
+                    set_threads = getattr(self.engine, "set_threads", None)
+                    if set_threads is not None:
+                        set_threads(frame.threads, frame.cores)
                 elif isinstance(frame, TOKEN_FRAMES) and getattr(self.engine, "concurrent_tokens", False):
                     self.tokens.put(frame)
                 else:

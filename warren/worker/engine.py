@@ -20,6 +20,7 @@ Requests without a grammar keep the one-call fast path.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import json
 import os
@@ -197,6 +198,8 @@ class LlamaEngine:
         self.vocabulary: Vocabulary | None = None  # token facts for grammar checks, made on first use
         self.piece_buf = ctypes.create_string_buffer(256)
         self.one_token = (L.llama_token * 1)()
+        self.threads_wanted: tuple[int, tuple[int, ...]] | None = None  # the pool's share (SetThreads), if any
+        self.threads_applied: tuple[int, tuple[int, ...]] | None = None
 
     @staticmethod
     def build_info() -> dict[str, Any]:
@@ -266,6 +269,7 @@ class LlamaEngine:
             cp.rope_freq_scale = settings.rope_freq_scale
         cp.no_perf = True
         self.ctx = L.llama_init_from_model(self.model, cp)
+        self.threads_applied = None  # a new context runs settings.threads: the pool's share applies again
         if not self.ctx:
             raise WorkerLoadFailed(f"llama.cpp could not create a context of {settings.context_size} tokens "
                                    f"for {settings.path} (out of memory?)")
@@ -295,6 +299,25 @@ class LlamaEngine:
         if token < 0:
             return ""
         return (L.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
+
+    # -- the pool's share of the cores ----------------------------------------------------------------
+    def set_threads(self, threads: int, cores: list[int]) -> None:
+        """Record the share (on the reader thread): one assignment, read by the main thread between steps."""
+        self.threads_wanted = (max(1, threads), tuple(cores))
+
+    def _apply_threads(self) -> None:
+        """Before a decode step: run on the share's number of threads, all of this process's threads on its
+        cores (llama.cpp's and OpenMP's included: they are threads of this process, ``/proc/self/task``)."""
+        wanted = self.threads_wanted
+        if wanted is None or wanted is self.threads_applied:
+            return
+        threads, cores = wanted
+        L.llama_set_n_threads(self.ctx, threads, threads)
+        if cores and hasattr(os, "sched_setaffinity"):
+            for tid in os.listdir("/proc/self/task"):
+                with contextlib.suppress(OSError):  # a thread may end meanwhile
+                    os.sched_setaffinity(int(tid), cores)
+        self.threads_applied = wanted
 
     # -- tokens -------------------------------------------------------------------------------------
     @property
@@ -452,6 +475,7 @@ class LlamaEngine:
         for start in range(n_keep, len(tokens), self.n_batch):
             if cancelled():
                 return False
+            self._apply_threads()
             chunk = tokens[start : start + self.n_batch]
             arr = (L.llama_token * len(chunk))(*chunk)
             rc = L.llama_decode(self.ctx, L.llama_batch_get_one(arr, len(chunk)))
@@ -524,6 +548,8 @@ class LlamaEngine:
                 break
             if n_new == max_new:
                 break  # no need to decode a token nothing will follow
+            if self.threads_wanted is not self.threads_applied:
+                self._apply_threads()
             one[0] = token
             rc = decode(ctx, batch_one(one, 1))
             if rc != 0:
