@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, free_port
+from warren.gguf.estimate import estimate_memory
+from warren.gguf.reader import read_gguf
 
 
 def warren(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -130,6 +132,20 @@ def test_analyze(model_path: Path) -> None:
     assert "general.architecture = 'llama'" in result.stdout
     assert "tokenizer.ggml.tokens = [49152 × STRING]" in result.stdout
     assert "memory estimate at context 8192" in result.stdout
+    assert "vocabulary" in result.stdout and "sliding window" not in result.stdout  # every layer full
+
+
+def test_analyze_and_check_say_what_the_sliding_window_saves(gemma_path: Path, tmp_path: Path) -> None:
+    result = warren("--analyze", str(gemma_path), "--contextsize", "4096")
+    assert result.returncode == 0, result.stderr
+    # 15 full-size caches of 4096 cells against 1024 (window + micro-batch): 15 × 3072 × 1 KiB.
+    assert ("sliding window: 15 of 18 layers attend to a 512-token window: a window-sized cache would save "
+            "45.0 MiB of KV cache") in result.stdout
+    (tmp_path / "gemma.gguf").symlink_to(gemma_path)
+    result = warren("--check", "--nomodel", "--models-dir", str(tmp_path), "--contextsize", "4096", "--port",
+                    str(free_port()))
+    assert result.returncode == 0, result.stderr
+    assert "KV 72.0 MiB" in result.stdout and "would save 45.0 MiB" in result.stdout
 
 
 def test_config_file_and_command_line_precedence(model_path: Path, tmp_path: Path) -> None:
@@ -179,8 +195,9 @@ def test_pinned_models_over_the_budget_are_a_startup_error(model_path: Path, tmp
 
 
 def test_active_model_over_the_budget_is_a_startup_error(model_path: Path) -> None:
+    need = estimate_memory(read_gguf(model_path), context_size=8192).total // 2**20  # the default context
     assert_clean_error(warren("--check", str(model_path), "--memory-budget", "100M", "--port", str(free_port())),
-                       "needs about 338 MiB, more than the memory budget of 100 MiB")
+                       f"needs about {need} MiB, more than the memory budget of 100 MiB")
 
 
 def test_the_default_model_over_the_budget_of_a_models_dir_points_at_nomodel(tmp_path: Path) -> None:
