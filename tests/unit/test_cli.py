@@ -65,6 +65,20 @@ def test_check_prints_the_plan(model_path: Path) -> None:
     assert "probe: ok, decoded 8 tokens of SmolLM2-135M-Instruct.Q4_1.gguf" in result.stdout
 
 
+def test_check_shows_requests_served_at_once_and_their_memory(model_path: Path) -> None:
+    one = warren("--check", "--model", str(model_path), "--contextsize", "2048", "--port", str(free_port()))
+    four = warren("--check", "--model", str(model_path), "--contextsize", "2048", "--port", str(free_port()),
+                  "--parallelrequests", "4")
+    assert four.returncode == 0, four.stderr
+    assert "requests at once 4 (sharing one cache of the context's size)" in four.stdout
+    assert "requests at once 1" in one.stdout
+
+    def compute(out: str) -> float:  # the estimate's compute term, MiB: a batch of 4 sequences needs more
+        return float(out.split("compute ")[1].split(" MiB")[0].replace(",", ""))
+
+    assert compute(four.stdout) > compute(one.stdout)
+
+
 def test_check_fails_when_the_engine_cannot_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
                                                 ) -> None:
     from warren import engine_check

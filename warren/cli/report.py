@@ -55,7 +55,8 @@ def print_analysis(path: Path, opts: dict[str, Any]) -> None:
     ctx = opts.get("contextsize") or 8192
     quant_kv = opts.get("quantkv") or 0
     est = estimate_memory(info, context_size=ctx, batch_size=opts.get("batchsize") or 512, quant_kv=quant_kv,
-                          quant_v=quant_kv if opts.get("flashattention") else 0)
+                          quant_v=quant_kv if opts.get("flashattention") else 0,
+                          parallel=opts.get("parallelrequests") or 1)
     print(f"memory estimate at context {ctx}:")
     print("\n".join(_estimate_lines(est)))
     note = window_note(info, est)
@@ -76,7 +77,8 @@ def print_plan(plan: Plan, catalog: Catalog) -> None:
         print(f"  context {m.context_size}, threads {m.threads}/{m.batch_threads}, batch {m.batch_size}, gpu layers "
               f"{m.gpu_layers}, mmap {'on' if m.use_mmap else 'off'}, mlock {'on' if m.use_mlock else 'off'}, "
               f"flash attention {'on' if m.flash_attention else 'auto'}, KV type "
-              f"{('f16', 'q8_0', 'q4_0')[m.quant_kv]}")
+              f"{('f16', 'q8_0', 'q4_0')[m.quant_kv]}, requests at once {m.parallel}"
+              + (" (sharing one cache of the context's size)" if m.parallel > 1 else ""))
     else:
         print("active model: none (--nomodel)")
     print("catalog:")

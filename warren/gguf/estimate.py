@@ -183,4 +183,4 @@ def estimate_args(settings: ModelSettings) -> dict[str, Any]:
     context (``warren/worker/engine.py``): V is quantised only with flash attention forced on, which
     otherwise llama.cpp's "auto" turns on anyway."""
     return {"context_size": settings.context_size, "batch_size": settings.batch_size, "quant_kv": settings.quant_kv,
-            "quant_v": settings.quant_kv if settings.flash_attention else 0}
+            "quant_v": settings.quant_kv if settings.flash_attention else 0, "parallel": settings.parallel}
