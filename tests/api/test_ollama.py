@@ -150,6 +150,8 @@ def test_per_model_prefix_for_ollama_clients(srv: Server) -> None:
 def test_openai_client_on_the_same_catalog(srv: Server) -> None:
     oai = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
     assert {m.id for m in oai.models.list().data} == {"alpha", "beta"}
+    with pytest.raises(openai.NotFoundError, match="model 'gpt-3.5-turbo' not found; available: alpha, beta"):
+        oai.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=1)  # several models: names count
     for name in ("alpha", "beta", "alpha"):
         r = oai.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi!"}], max_tokens=8,
                                         temperature=0)

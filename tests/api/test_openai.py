@@ -83,11 +83,8 @@ def test_json_object_response_format(client: openai.OpenAI) -> None:
 
 def test_errors_in_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
-        client.completions.create(model=MODEL, prompt="x", temperature=5)
+        client.completions.create(model=MODEL, prompt="x", temperature=101)
     assert bad.value.body["type"] == "invalid_request_error" and bad.value.body["param"] == "temperature"  # type: ignore[index]
-    with pytest.raises(openai.NotFoundError) as missing:
-        client.completions.create(model="gpt-4o", prompt="x", max_tokens=1)
-    assert "model 'gpt-4o' not found" in str(missing.value)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=[], max_tokens=1)
     with pytest.raises(openai.BadRequestError, match="context window"):

@@ -149,10 +149,10 @@ def _stream(head: dict[str, Any], chat: bool, started: serving.Started) -> Strea
 @router.post("/api/generate", dependencies=protected)
 async def generate(body: GenerateRequest, request: Request) -> Any:
     return await _serve(request, body, not body.prompt,
-                        lambda i: t.generate_params(body, i.model_info, i.context_size), chat=False)
+                        lambda i: t.generate_params(body, i.model_info, i.context_size, get_pool(request).server), chat=False)
 
 
 @router.post("/api/chat", dependencies=protected)
 async def chat(body: ChatRequest, request: Request) -> Any:
     return await _serve(request, body, not body.messages,
-                        lambda i: t.chat_params(body, i.model_info, i.context_size), chat=True)
+                        lambda i: t.chat_params(body, i.model_info, i.context_size, get_pool(request).server), chat=True)

@@ -90,7 +90,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     server = get_pool(request).server
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await _run(request, body.model, translate.constraints(body),
-                      lambda _i: translate.completion_params(body, server), body.stream, False, include_usage,
+                      lambda i: translate.completion_params(body, server, i.context_size), body.stream, False, include_usage,
                       body.echo)
 
 
@@ -99,4 +99,4 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     server = get_pool(request).server
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await _run(request, body.model, translate.constraints(body),
-                      lambda i: translate.chat_params(body, server, i.model_info), body.stream, True, include_usage)
+                      lambda i: translate.chat_params(body, server, i.model_info, i.context_size), body.stream, True, include_usage)
