@@ -167,3 +167,11 @@ def test_openai_client_on_the_same_catalog(srv: Server) -> None:
             break
         time.sleep(0.05)
     assert states["beta"] == "ready" and states["alpha"] in ("unloaded", "parked"), states
+
+
+def test_a_server_of_one_model_answers_to_any_name(server: Server) -> None:
+    """KoboldCpp-style (one --model): whatever name an Ollama client sends, that model answers."""
+    client = ollama.Client(host=server.url)
+    r = client.generate(model="llama3.2", prompt="Hi", stream=False, options={"num_predict": 3})
+    assert r.eval_count == 3
+    assert client.show("llama3.2").details.family == "llama"  # the one model's own facts

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from warren.api import serving
-from warren.api.deps import get_pool, model_from_path, require_api_key
+from warren.api.deps import client_model, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.ollama import translate as t
 from warren.api.ollama.schemas import Base, ChatRequest, GenerateRequest, ShowRequest
@@ -81,7 +81,7 @@ async def show(body: ShowRequest, pool: Pool = Depends(get_pool)) -> dict[str, A
     name = body.model or body.name
     if not name:
         raise InvalidRequest("model is required", param="model")
-    entry = pool.catalog.get(t.model_name(name))
+    entry = pool.catalog.get(client_model(pool, t.model_name(name)) or "")
     if entry.settings is None:
         raise InvalidRequest(f"model {entry.name!r} cannot be loaded: {entry.error}")
     s = entry.settings
@@ -100,7 +100,7 @@ def _line(data: dict[str, Any]) -> bytes:
 async def _serve(request: Request, req: Base, empty: bool, make_params: Callable[[ModelInstance], GenerationParams],
                  chat: bool) -> Any:
     pool = get_pool(request)
-    name = model_from_path(request) or t.model_name(req.model)
+    name = model_from_path(request) or client_model(pool, t.model_name(req.model)) or req.model
     keep = t.keep_alive_seconds(req.keep_alive)
     head = {"model": req.model, "created_at": t.now_iso()}
     empty_reply = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
