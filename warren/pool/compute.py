@@ -12,10 +12,14 @@ of all generating workers fit the cores this process may use:
   them all. Each share is a number of threads *and* the cores to run them on, disjoint from the others',
   sent to the worker (``SetThreads``), which applies it before its next decode step
   (``llama_set_n_threads`` and the threads' CPU affinity).
-- When more workers want to generate than there are cores, the later ones wait their turn (first come,
-  first served) instead of running a thread each on an oversubscribed machine.
+- When more workers generate than there are cores, they take turns: each of the first ones (in turn order)
+  gets one core, the others are paused (a share of no threads: the worker waits before its next decode
+  step), and every ``quantum`` seconds the turn passes on (round robin). So three models on two cores all
+  stream, each about two thirds of the time, instead of one waiting for another's whole story, and the
+  machine never runs more compute threads than it has cores (but for the one step a paused worker is
+  finishing when its turn ends).
 
-``assign`` is pure (tested with tables); ``ComputeShares`` holds who runs and who waits.
+``assign`` is pure (tested with tables); ``ComputeShares`` holds who runs, in which turn order.
 """
 
 from __future__ import annotations
@@ -24,16 +28,20 @@ import asyncio
 import contextlib
 import math
 import os
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+QUANTUM = 0.5  # seconds a worker runs before its turn passes on, when more workers generate than there are cores
+
 
 @dataclass(frozen=True, slots=True)
 class Share:
-    threads: int
+    threads: int  # 0: paused until its next turn
     cores: tuple[int, ...]
+
+
+PAUSED = Share(0, ())
 
 
 def usable_cores(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> list[int]:
@@ -51,9 +59,11 @@ def usable_cores(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> list[int]:
 
 def assign(cores: list[int], ceilings: dict[str, int]) -> dict[str, Share]:
     """Divide ``cores`` among the generating workers (in the order given), none over its ceiling: an even
-    split first, then what a worker under its ceiling leaves to the others. Every worker gets at least one
-    core as long as there are as many cores as workers (``ComputeShares`` makes sure there are)."""
+    split first, then what a worker under its ceiling leaves to the others. With more workers than cores,
+    the first ones get a core each and the rest are ``PAUSED`` (their turn comes, ``ComputeShares``)."""
     names = list(ceilings)
+    if len(names) > len(cores):
+        return {name: Share(1, (cores[i],)) if i < len(cores) else PAUSED for i, name in enumerate(names)}
     counts = dict.fromkeys(names, 0)
     left = len(cores)
     while left > 0:
@@ -73,31 +83,21 @@ def assign(cores: list[int], ceilings: dict[str, int]) -> dict[str, Share]:
 
 
 class ComputeShares:
-    """Who is generating, on which cores; who waits for a core. One per pool."""
+    """Who is generating, on which cores, in which turn order. One per pool."""
 
-    def __init__(self, cores: list[int] | None = None) -> None:
+    def __init__(self, cores: list[int] | None = None, quantum: float = QUANTUM) -> None:
         self.cores = cores if cores is not None else usable_cores()
-        self.running: dict[str, int] = {}  # worker key -> ceiling, in order of arrival
+        self.quantum = quantum
+        self.running: dict[str, int] = {}  # worker key -> ceiling, in turn order
         self.shares: dict[str, Share] = {}  # the current assignment of every running worker
-        self._waiting: deque[asyncio.Future[None]] = deque()
         self._tell: dict[str, Callable[[Share], None]] = {}
+        self._turn: asyncio.TimerHandle | None = None  # the next passing of turns, while they are taken
 
     @contextlib.asynccontextmanager
     async def running_on(self, key: str, ceiling: int, tell: Callable[[Share], None]) -> AsyncIterator[Share]:
         """Hold a share of the cores while the block runs (a generation). ``tell`` sends a share to the worker:
-        it is called for this worker before the block starts and again for every running worker whose share
-        changes while others come and go."""
-        if len(self.running) >= len(self.cores) or self._waiting:
-            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiting.append(turn)
-            try:
-                await turn
-            except BaseException:
-                if turn in self._waiting:
-                    self._waiting.remove(turn)
-                elif turn.done() and not turn.cancelled():
-                    self._wake()  # the turn it was given passes to the next
-                raise
+        it is called for this worker before the block starts (maybe ``PAUSED``: the worker then waits for its
+        turn before decoding) and again whenever its share changes while others come and go or turns pass."""
         self.running[key] = ceiling
         self._tell[key] = tell
         self._reassign()
@@ -108,18 +108,25 @@ class ComputeShares:
             del self._tell[key]
             self.shares.pop(key, None)
             self._reassign()
-            self._wake()
 
-    def _wake(self) -> None:
-        while self._waiting and len(self.running) < len(self.cores):
-            turn = self._waiting.popleft()
-            if not turn.done():
-                turn.set_result(None)
-                return
+    def _pass_turn(self) -> None:
+        """The worker that has run longest goes to the back of the turn order."""
+        self._turn = None
+        if self.running:
+            first = next(iter(self.running))
+            self.running[first] = self.running.pop(first)
+            self._reassign()
 
     def _reassign(self) -> None:
         new = assign(self.cores, self.running)
-        for key, share in new.items():
-            if self.shares.get(key) != share:
-                self._tell[key](share)
+        changed = [key for key, share in new.items() if self.shares.get(key) != share]
+        # Those giving cores up hear it first: their threads leave the cores before the others' arrive.
+        changed.sort(key=lambda key: new[key].threads >= (self.shares[key].threads if key in self.shares else 0))
+        for key in changed:
+            self._tell[key](new[key])
         self.shares = new
+        if len(self.running) > len(self.cores) and self._turn is None:
+            self._turn = asyncio.get_running_loop().call_later(self.quantum, self._pass_turn)
+        elif len(self.running) <= len(self.cores) and self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
