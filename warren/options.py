@@ -190,8 +190,9 @@ OPTIONS: tuple[Option, ...] = (
            reason="the BOS token follows the model's metadata"),
     Option("enableguidance", ("--enableguidance",), K.FLAG, False, support=R,
            reason="classifier-free guidance is not implemented"),
-    Option("chatcompletionsadapter", ("--chatcompletionsadapter",), K.STR, "AutoGuess", support=R,
-           reason="chat requests always use the GGUF's own chat template"),
+    Option("chatcompletionsadapter", ("--chatcompletionsadapter",), K.STR, "AutoGuess",
+           "Chat turn tags: AutoGuess (the GGUF's template, else its family's), a built-in name "
+           "(Gemma, Llama-3, ChatML, Alpaca …) or a KoboldCpp adapter .json."),
     Option("jinja", ("--jinja",), K.FLAG, False, support=A,
            reason="chat requests always use the GGUF's Jinja chat template when it has one"),
     Option("jinja_tools", ("--jinja_tools", "--jinja-tools"), K.FLAG, False, support=R,

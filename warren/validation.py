@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from warren import chat_adapters
 from warren.errors import ConfigError, ModelFileError
 from warren.gguf.reader import GGUFInfo, read_gguf
 from warren.options import BATCH_SIZE_CHOICES, CONTEXT_RANGE, DEFAULT_GEN_RANGE
@@ -241,6 +242,13 @@ def rule_preload_story(ctx: RuleContext) -> Iterator[Finding]:
         yield err(exc.message, exc.hint)
 
 
+def rule_chat_adapter(ctx: RuleContext) -> Iterator[Finding]:
+    try:
+        chat_adapters.load(ctx.opts["chatcompletionsadapter"] or "")
+    except ConfigError as exc:
+        yield err(exc.message, exc.hint)
+
+
 def rule_admin_dir(ctx: RuleContext) -> Iterator[Finding]:
     if not ctx.opts["admin"]:
         return
@@ -336,7 +344,7 @@ RULES: tuple[Rule, ...] = (
     rule_passwords,
     rule_admin_dir, rule_pool,
     rule_model_given, rule_model_file, rule_context_vs_training, rule_gpu_layers, rule_mlock_limit,
-    rule_preload_story,
+    rule_preload_story, rule_chat_adapter,
 )
 
 
@@ -419,6 +427,7 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
         header_timeout=o["headertimeout"],
         body_timeout=o["bodytimeout"],
         preload_story=read_story(o["preloadstory"]),
+        chat_adapter=o["chatcompletionsadapter"] or "AutoGuess",
     )
     model = None
     if ctx.gguf is not None:

@@ -3,7 +3,7 @@ context size and the chat template from it.
 
 The model is the one the request addresses (the active one, or ``/m/{name}``); asking does not load it.
 ``model_path`` is the file's name only, as every client-facing listing redacts where the operator keeps
-models. ``chat_template`` is the GGUF's.
+models. ``chat_template`` is the template warren renders chats with (``warren/api/chat_format.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from warren import __version__
+from warren.api.chat_format import chat_format
 from warren.api.deps import get_instance, get_pool, require_api_key
 from warren.pool.instance import ModelInstance
 
@@ -22,15 +23,16 @@ router = APIRouter()
 @router.get("/props", dependencies=[Depends(require_api_key)])
 async def props(request: Request, instance: ModelInstance = Depends(get_instance)) -> dict[str, Any]:
     pool = get_pool(request)
-    info = pool.catalog.gguf_info(pool.catalog.get(instance.name))
+    fmt = chat_format(pool, instance.name)
     n_ctx = instance.context_size
     return {
         "default_generation_settings": {"n_ctx": n_ctx, "params": {"n_predict": pool.server.default_gen_amount}},
         "n_ctx": n_ctx,
-        "total_slots": 1,  # one generation at a time per model; more requests queue (--multiuser)
+        "total_slots": instance.settings.parallel,  # requests served at once (--parallelrequests); more queue
         "model_path": instance.settings.path.name,
         "model_alias": instance.name,
-        "chat_template": info.chat_template or "",
+        "chat_template": fmt.template,
+        "chat_template_name": fmt.name,
         "modalities": {"vision": False, "audio": False},
         "build_info": f"warren {__version__}",
     }

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from warren.api.chat_template import render_chat
+from warren.api.chat_format import ChatFormat, render
 from warren.api.ollama.schemas import Base, ChatRequest, GenerateRequest
 from warren.api.sampling import generation_amount, sampler_fields
 from warren.errors import ConfigError, InvalidRequest
@@ -74,35 +74,33 @@ def _schema_text(fmt: str | dict[str, Any] | None) -> str:
     return "" if schema is None else json.dumps(schema)
 
 
-def _params(req: Base, prompt: str, n_ctx: int, server: ServerSettings) -> GenerationParams:
+def _params(req: Base, prompt: str, n_ctx: int, server: ServerSettings, stops: tuple[str, ...] = ()
+            ) -> GenerationParams:
     o = req.options
     window = min(o.num_ctx or n_ctx, n_ctx)
     wanted = o.num_predict if o.num_predict is not None and o.num_predict > 0 else window
+    fields = sampler_fields(o.samplers(), window)
     return GenerationParams(
-        prompt=prompt, max_tokens=generation_amount(wanted, server), **sampler_fields(o.samplers(), window),
+        prompt=prompt, max_tokens=generation_amount(wanted, server), **{**fields, "stop": fields["stop"] + stops},
         json_schema=_schema_text(req.format), context_limit=window, truncate_prompt=True,
     )
 
 
-def generate_params(req: GenerateRequest, model_info: ModelInfo, n_ctx: int, server: ServerSettings
-                    ) -> GenerationParams:
+def generate_params(req: GenerateRequest, model_info: ModelInfo, n_ctx: int, server: ServerSettings,
+                    fmt: ChatFormat, model: str) -> GenerationParams:
     if req.raw:
-        prompt = req.prompt
-    else:
-        messages = ([{"role": "system", "content": req.system}] if req.system else []) + \
-            [{"role": "user", "content": req.prompt}]
-        prompt = render_chat(model_info.chat_template, messages, bos_token=model_info.bos_token,
-                             eos_token=model_info.eos_token)
-    return _params(req, prompt, n_ctx, server)
+        return _params(req, req.prompt, n_ctx, server)
+    messages = ([{"role": "system", "content": req.system}] if req.system else []) + \
+        [{"role": "user", "content": req.prompt}]
+    return _params(req, render(fmt, messages, model_info, model), n_ctx, server, fmt.stops)
 
 
-def chat_params(req: ChatRequest, model_info: ModelInfo, n_ctx: int, server: ServerSettings) -> GenerationParams:
+def chat_params(req: ChatRequest, model_info: ModelInfo, n_ctx: int, server: ServerSettings, fmt: ChatFormat,
+                model: str) -> GenerationParams:
     if any(m.images for m in req.messages):
         raise InvalidRequest("images are not supported: warren serves text models", param="messages")
-    prompt = render_chat(model_info.chat_template, [m.model_dump(include={"role", "content"})
-                                                           for m in req.messages],
-                         bos_token=model_info.bos_token, eos_token=model_info.eos_token)
-    return _params(req, prompt, n_ctx, server)
+    prompt = render(fmt, [m.model_dump(include={"role", "content"}) for m in req.messages], model_info, model)
+    return _params(req, prompt, n_ctx, server, fmt.stops)
 
 
 def done_reason(reason: FinishReason) -> str:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from warren.api import serving, sse
+from warren.api.chat_format import chat_format
 from warren.api.deps import client_model, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.openai import translate
@@ -101,4 +102,5 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     server = get_pool(request).server
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await _run(request, body.model, translate.constraints(body),
-                      lambda i: translate.chat_params(body, server, i.model_info, i.context_size), body.stream, True, include_usage)
+                      lambda i: translate.chat_params(body, server, i.model_info, i.context_size,
+                                                     chat_format(get_pool(request), i.name), i.name), body.stream, True, include_usage)

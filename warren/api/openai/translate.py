@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from warren.api.chat_template import render_chat
+from warren.api.chat_format import ChatFormat, render
 from warren.api.openai.schemas import ChatRequest, CompletionRequest, Sampling
 from warren.api.sampling import generation_amount, sampler_fields
 from warren.errors import InvalidRequest
@@ -74,16 +74,17 @@ def completion_params(req: CompletionRequest, server: ServerSettings, n_ctx: int
     return _common(req, server, prompt, req.max_tokens, n_ctx, req.logprobs is not None, req.logprobs or 0)
 
 
-def chat_params(req: ChatRequest, server: ServerSettings, model_info: ModelInfo, n_ctx: int) -> GenerationParams:
+def chat_params(req: ChatRequest, server: ServerSettings, model_info: ModelInfo, n_ctx: int, fmt: ChatFormat,
+                model: str) -> GenerationParams:
     try:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="messages") from None
-    prompt = render_chat(model_info.chat_template, messages, bos_token=model_info.bos_token,
-                         eos_token=model_info.eos_token)
+    prompt = render(fmt, messages, model_info, model)
     params = _common(req, server, prompt, req.max_completion_tokens or req.max_tokens, n_ctx, req.logprobs,
                      req.top_logprobs or 0)
+    params = dataclasses.replace(params, stop=params.stop + fmt.stops)
     schema = response_schema(req)
     if schema is not None:
         params = dataclasses.replace(params, json_schema=json.dumps(schema))
