@@ -68,6 +68,8 @@ class ServerSettings:
     max_connections: int = 64  # requests served at once (warren/api/connections.py)
     header_timeout: float = 10.0  # seconds to send a request's headers
     body_timeout: float = 30.0  # seconds a body may pause between chunks
+    preload_story: str = ""  # --preloadstory: the story's JSON text, read at start-up (warren/story.py)
+    chat_adapter: str = "AutoGuess"  # --chatcompletionsadapter (warren/api/chat_format.py)
 
     @property
     def queue_limit(self) -> int:

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from warren import chat_adapters
 from warren.errors import ConfigError, ModelFileError
 from warren.gguf.reader import GGUFInfo, read_gguf
 from warren.options import BATCH_SIZE_CHOICES, CONTEXT_RANGE, DEFAULT_GEN_RANGE
 from warren.settings import ModelSettings, ServerSettings
+from warren.story import read_story
 from warren.units import parse_bytes, parse_duration
 
 CAP_IPC_LOCK = 14  # linux/capability.h: lets a process lock memory beyond RLIMIT_MEMLOCK
@@ -239,6 +241,20 @@ def rule_passwords(ctx: RuleContext) -> Iterator[Finding]:
             yield err(f"--{key} is empty", f"give a non-empty secret, or leave --{key} out")
 
 
+def rule_preload_story(ctx: RuleContext) -> Iterator[Finding]:
+    try:
+        read_story(ctx.opts["preloadstory"])
+    except ConfigError as exc:
+        yield err(exc.message, exc.hint)
+
+
+def rule_chat_adapter(ctx: RuleContext) -> Iterator[Finding]:
+    try:
+        chat_adapters.load(ctx.opts["chatcompletionsadapter"] or "")
+    except ConfigError as exc:
+        yield err(exc.message, exc.hint)
+
+
 def rule_admin_dir(ctx: RuleContext) -> Iterator[Finding]:
     if not ctx.opts["admin"]:
         return
@@ -334,6 +350,7 @@ RULES: tuple[Rule, ...] = (
     rule_passwords,
     rule_admin_dir, rule_pool,
     rule_model_given, rule_model_file, rule_context_vs_training, rule_gpu_layers, rule_mlock_limit,
+    rule_preload_story, rule_chat_adapter,
 )
 
 
@@ -415,6 +432,8 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
         max_connections=o["maxconnections"],
         header_timeout=o["headertimeout"],
         body_timeout=o["bodytimeout"],
+        preload_story=read_story(o["preloadstory"]),
+        chat_adapter=o["chatcompletionsadapter"] or "AutoGuess",
     )
     model = None
     if ctx.gguf is not None:
