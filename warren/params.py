@@ -88,3 +88,4 @@ class GenerationResult:
     prompt_seconds: float
     generation_seconds: float
     seed: int
+    cached_tokens: int = 0  # prompt tokens found in the cache (reused prefix, restored or shifted), not decoded

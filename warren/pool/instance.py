@@ -374,4 +374,5 @@ class ModelInstance:
 
 def _result(done: p.Done) -> GenerationResult:
     return GenerationResult(done.text, FinishReason(done.finish_reason), done.prompt_tokens,
-                            done.completion_tokens, done.prompt_seconds, done.generation_seconds, done.seed)
+                            done.completion_tokens, done.prompt_seconds, done.generation_seconds, done.seed,
+                            done.cached_tokens)

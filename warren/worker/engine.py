@@ -47,6 +47,7 @@ from warren.grammar import check_gbnf, check_schema
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
+from warren.worker import kvstate
 from warren.worker.batching import BatchRunner
 from warren.worker.parking import drop_file_pages, trim_heap
 from warren.worker.prefault import Prefault
@@ -206,6 +207,8 @@ class LlamaEngine:
         self.parallel = 1  # sequences in the context (--parallelrequests)
         self.runner: BatchRunner | None = None  # stepping them, when there are several
         self.threads_applied: tuple[int, tuple[int, ...]] | None = None
+        self.context_key: tuple[Any, ...] = ()  # what the context's cells depend on (``kvstate.state_key``)
+        self.saved: kvstate.SavedState | None = None  # the sequences kept while parked (``kvstate.py``)
 
     @staticmethod
     def build_info() -> dict[str, Any]:
@@ -284,6 +287,7 @@ class LlamaEngine:
             raise WorkerLoadFailed(f"llama.cpp could not create a context of {settings.context_size} tokens "
                                    f"for {settings.path} (out of memory?)")
         self.n_ctx = L.llama_n_ctx(self.ctx)
+        self._restore_state(settings)
         n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.eog_tokens = []  # found on first use (ban_eos): a vocabulary scan costs ~25 ms of every load
         template = L.llama_model_chat_template(self.model, None)
@@ -295,8 +299,14 @@ class LlamaEngine:
             eos_token=self._token_text(L.llama_vocab_eos(self.vocab)),
             add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)), gpu_offload=bool(L.llama_supports_gpu_offload()))
 
-    def park(self) -> None:
-        """Free the context and the weights' pages; keep the model for a quick ``load`` later."""
+    def park(self, keep_state_bytes: int = -1) -> int:
+        """Free the context and the weights' pages; keep the model for a quick ``load`` later, and the cached
+        sequences' KV state when it takes at most ``keep_state_bytes`` (negative: any size). Returns the bytes kept."""
+        self.saved = None
+        # One sequence only: with --parallelrequests the sequences share a unified cache, and a sequence put
+        # back there was seen to give other greedy text than before the park (issue 14): not kept, for now.
+        if self.ctx is not None and keep_state_bytes != 0 and self.parallel == 1:
+            self.saved = kvstate.save(self.ctx, self.context_key, [(0, self.cached)], keep_state_bytes)
         self._close_runner()
         if self.ctx is not None:
             L.llama_free(self.ctx)
@@ -305,6 +315,23 @@ class LlamaEngine:
         trim_heap()
         if self.model_key and self.model_key[1] == L.LLAMA_LOAD_MODE_MMAP:
             drop_file_pages(Path(self.model_path))
+        return self.saved.nbytes if self.saved is not None else 0
+
+    def drop_state(self) -> None:
+        """The pool needs the saved state's memory back (``DropState``): the next load decodes from scratch."""
+        self.saved = None
+        trim_heap()
+
+    def _restore_state(self, settings: ModelSettings) -> None:
+        """Put the sequences saved at park back into the new context, if it has the same shape; either way
+        the saved bytes are freed (the context holds them now, or they cannot be used)."""
+        self.context_key = kvstate.state_key(settings)
+        saved, self.saved = self.saved, None
+        if saved is None or saved.key != self.context_key:
+            return
+        self.cached = kvstate.restore(self.ctx, saved).get(0, [])
+        del saved
+        trim_heap()
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -514,12 +541,13 @@ class LlamaEngine:
                                 hint="shorten the prompt, or start the model with a larger --contextsize")
         return tokens
 
-    def _decode_prompt(self, tokens: list[int], cancelled: Callable[[], bool]) -> bool:
+    def _decode_prompt(self, tokens: list[int], cancelled: Callable[[], bool]) -> tuple[bool, int]:
         """Decode what the cache lacks of ``tokens``: the shared prefix with the last request is reused.
 
         ``cancelled`` is asked between batches, so a Cancel (a client gone, an abort, a Park waiting
-        behind it) does not wait for a long prompt to be read. False when it stopped there; the cache
-        then holds the batches decoded so far, which the next request's prefix can still reuse."""
+        behind it) does not wait for a long prompt to be read. (False, …) when it stopped there; the cache
+        then holds the batches decoded so far, which the next request's prefix can still reuse. The second
+        value: how many prompt tokens were found in the cache."""
         n_keep = 0
         for a, b in zip(self.cached, tokens, strict=False):
             if a != b:
@@ -534,7 +562,7 @@ class LlamaEngine:
         for start in range(n_keep, len(tokens), self.n_batch):
             self._apply_threads(cancelled)
             if cancelled():
-                return False
+                return False, n_keep
             chunk = tokens[start : start + self.n_batch]
             arr = (L.llama_token * len(chunk))(*chunk)
             rc = L.llama_decode(self.ctx, L.llama_batch_get_one(arr, len(chunk)))
@@ -543,7 +571,7 @@ class LlamaEngine:
                 self.cached = []
                 raise WarrenError(f"llama_decode failed on the prompt (code {rc})")
             self.cached.extend(chunk)
-        return True
+        return True, n_keep
 
     def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
                  cancelled: Callable[[], bool]) -> GenerationResult:
@@ -554,7 +582,7 @@ class LlamaEngine:
         tokens = self._prepare_prompt(params)
         sampler = self._sampler(params, seed)
         try:
-            read = self._decode_prompt(tokens, cancelled)
+            read, reused = self._decode_prompt(tokens, cancelled)
             prompt_done = time.perf_counter()
             max_new = min(params.max_tokens, min(params.context_limit or self.n_ctx, self.n_ctx) - len(tokens))
             if read:
@@ -565,7 +593,8 @@ class LlamaEngine:
             self._free_sampler(sampler)
         return GenerationResult(text=text, finish_reason=reason, prompt_tokens=len(tokens),
                                 completion_tokens=n_new, prompt_seconds=prompt_done - started,
-                                generation_seconds=time.perf_counter() - prompt_done, seed=seed)
+                                generation_seconds=time.perf_counter() - prompt_done, seed=seed,
+                                cached_tokens=reused)
 
     def _token_loop(self, sampler: Any, params: GenerationParams, max_new: int,
                     emit: Callable[[str], None] | None, cancelled: Callable[[], bool]
