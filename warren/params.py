@@ -49,6 +49,7 @@ class GenerationParams:
     add_bos: bool = True  # prepend BOS when the model's tokenizer asks for it
     context_limit: int = 0  # 0: the model's context; KoboldCpp's max_context_length can lower it
     truncate_prompt: bool = False  # KoboldCpp drops the oldest prompt tokens; OpenAI refuses instead
+    keep_text: str = ""  # the prompt starts with it (KoboldCpp's memory): a truncation keeps it, cutting after
 
     def check(self) -> None:
         """The bounds every dialect shares (``warren/bounds.py``, with their reasons); ``InvalidRequest`` (a

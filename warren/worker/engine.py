@@ -25,6 +25,7 @@ import ctypes
 import json
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -47,7 +48,7 @@ from warren.grammar import check_gbnf, check_schema
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
-from warren.worker import kvstate
+from warren.worker import kvstate, shift
 from warren.worker.batching import BatchRunner
 from warren.worker.parking import drop_file_pages, trim_heap
 from warren.worker.prefault import Prefault
@@ -207,6 +208,8 @@ class LlamaEngine:
         self.parallel = 1  # sequences in the context (--parallelrequests)
         self.runner: BatchRunner | None = None  # stepping them, when there are several
         self.threads_applied: tuple[int, tuple[int, ...]] | None = None
+        self.context_shift = False  # ContextShift on for this context (asked, and the cache can shift)
+        self.shift_refused_said = False  # "cannot shift" is logged once per worker
         self.context_key: tuple[Any, ...] = ()  # what the context's cells depend on (``kvstate.state_key``)
         self.saved: kvstate.SavedState | None = None  # the sequences kept while parked (``kvstate.py``)
 
@@ -287,6 +290,11 @@ class LlamaEngine:
             raise WorkerLoadFailed(f"llama.cpp could not create a context of {settings.context_size} tokens "
                                    f"for {settings.path} (out of memory?)")
         self.n_ctx = L.llama_n_ctx(self.ctx)
+        self.context_shift = settings.context_shift and shift.can_shift(self.ctx)
+        if settings.context_shift and not self.context_shift and not self.shift_refused_said:
+            self.shift_refused_said = True
+            print(f"warren worker: llama.cpp cannot shift this model's cache ({Path(settings.path).name}): "
+                  "a trimmed prompt is decoded again from the cut (no ContextShift)", file=sys.stderr, flush=True)
         self._restore_state(settings)
         n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.eog_tokens = []  # found on first use (ban_eos): a vocabulary scan costs ~25 ms of every load
@@ -533,9 +541,13 @@ class LlamaEngine:
             tokens = [bos if bos >= 0 else 0]  # an empty prompt still needs one token to sample after
         window = min(params.context_limit or self.n_ctx, self.n_ctx)
         if params.truncate_prompt and len(tokens) + params.max_tokens > window:
-            # KoboldCpp keeps the end of an over-long prompt: the newest story text matters most.
+            # As KoboldCpp: the memory (and BOS) stay, then the end of the prompt, the newest story text; the
+            # oldest story text goes. The cut is then a ContextShift for the cache (``warren/worker/shift.py``).
             keep = max(1, window - min(params.max_tokens, window // 2))
-            tokens = tokens[-keep:]
+            head = len(self.tokenize(params.keep_text, special=True, add_bos=add_bos)) if params.keep_text \
+                else int(add_bos)
+            head = min(head, keep // 2)  # a memory larger than half the window is cut too
+            tokens = tokens[:head] + tokens[len(tokens) - (keep - head):]
         elif len(tokens) >= window:
             raise PromptTooLong(f"the prompt is {len(tokens)} tokens, but the context window is {window} tokens",
                                 hint="shorten the prompt, or start the model with a larger --contextsize")
@@ -548,12 +560,11 @@ class LlamaEngine:
         behind it) does not wait for a long prompt to be read. (False, …) when it stopped there; the cache
         then holds the batches decoded so far, which the next request's prefix can still reuse. The second
         value: how many prompt tokens were found in the cache."""
-        n_keep = 0
-        for a, b in zip(self.cached, tokens, strict=False):
-            if a != b:
-                break
-            n_keep += 1
-        n_keep = min(n_keep, len(tokens) - 1)  # the last prompt token must be decoded to get logits
+        if self.context_shift and (span := shift.dropped_span(self.cached, tokens)) is not None:
+            shifted = shift.shift(self.ctx, 0, self.cached, span)
+            if shifted is not None:
+                self.cached = shifted
+        n_keep = min(shift.shared_prefix(self.cached, tokens), len(tokens) - 1)  # the last prompt token must be decoded to get logits
         memory = L.llama_get_memory(self.ctx)
         if not L.llama_memory_seq_rm(memory, 0, n_keep, -1):
             L.llama_memory_clear(memory, True)

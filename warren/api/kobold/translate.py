@@ -32,6 +32,7 @@ def to_params(req: GenerateRequest, server: ServerSettings, n_ctx: int) -> Gener
     rep_pen = max(req.rep_pen, req.repeat_penalty or 0.0, req.repetition_penalty or 0.0)
     return GenerationParams(
         prompt=req.memory + req.prompt,
+        keep_text=req.memory,
         max_tokens=max_length,
         temperature=req.temperature,
         top_k=req.top_k,
