@@ -25,7 +25,7 @@ class ModelSettings:
     batch_size: int = 512
     use_mmap: bool = True
     use_mlock: bool = False
-    flash_attention: bool = False
+    flash_attention: str = "auto"  # "on", "off", or "auto": measured per model and CPU (warren/flash_attention.py)
     quant_kv: int = 0
     rope_freq_scale: float = 0.0  # 0 = the model's own value
     rope_freq_base: float = 0.0  # 0 = the model's own value

@@ -177,6 +177,12 @@ def rule_rope(ctx: RuleContext) -> Iterator[Finding]:
                   "for example --ropeconfig 0.5 10000; 0 keeps the model's own value")
 
 
+def rule_flash_attention(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.opts["flashattention"] and ctx.opts["noflashattention"]:
+        yield err("--flashattention and --noflashattention contradict each other",
+                  "give one of them, or neither to let warren measure which is faster")
+
+
 def rule_mmap_mlock(ctx: RuleContext) -> Iterator[Finding]:
     o = ctx.opts
     if o["usemmap"] and o["nommap"]:
@@ -324,7 +330,7 @@ def rule_mlock_limit(ctx: RuleContext) -> Iterator[Finding]:
 
 RULES: tuple[Rule, ...] = (
     rule_context_size, rule_batch_size, rule_default_gen_amount, rule_gen_limit, rule_threads, rule_quant_kv,
-    rule_rope, rule_mmap_mlock, rule_port, rule_multiuser, rule_request_size, rule_connections, rule_parallel,
+    rule_rope, rule_flash_attention, rule_mmap_mlock, rule_port, rule_multiuser, rule_request_size, rule_connections, rule_parallel,
     rule_passwords,
     rule_admin_dir, rule_pool,
     rule_model_given, rule_model_file, rule_context_vs_training, rule_gpu_layers, rule_mlock_limit,
@@ -424,7 +430,7 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
             batch_size=o["batchsize"],
             use_mmap=not o["nommap"],
             use_mlock=o["usemlock"],
-            flash_attention=o["flashattention"],
+            flash_attention="on" if o["flashattention"] else "off" if o["noflashattention"] else "auto",
             quant_kv=o["quantkv"],
             parallel=o["parallelrequests"],
             context_shift=not o["noshift"],

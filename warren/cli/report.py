@@ -78,7 +78,7 @@ def print_plan(plan: Plan, catalog: Catalog) -> None:
         print(f"active model {m.name}: {m.path}")
         print(f"  context {m.context_size}, threads {m.threads}/{m.batch_threads}, batch {m.batch_size}, gpu layers "
               f"{m.gpu_layers}, mmap {'on' if m.use_mmap else 'off'}, mlock {'on' if m.use_mlock else 'off'}, "
-              f"flash attention {'on' if m.flash_attention else 'auto'}, KV type "
+              f"flash attention {m.flash_attention}, KV type "
               f"{('f16', 'q8_0', 'q4_0')[m.quant_kv]}, requests at once {m.parallel}"
               + (" (sharing one cache of the context's size)" if m.parallel > 1 else ""))
     else:

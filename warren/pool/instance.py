@@ -215,8 +215,13 @@ class ModelInstance:
         self.loads += 1
         if not resuming:
             self._watcher = asyncio.create_task(self._watch(handle), name=f"watch-{self.name}")
-        log.info("model %s model=%s handle=%s pid=%s load_s=%.2f total_s=%.2f", "resumed" if resuming else "ready",
-                 self.name, self.handle_id, handle.pid, handle.load_seconds, time.perf_counter() - started)
+        info = handle.model_info
+        measured = info.extra.get("flash_attention_measured") if info is not None else None
+        log.info("model %s model=%s handle=%s pid=%s load_s=%.2f total_s=%.2f flash_attention=%s%s",
+                 "resumed" if resuming else "ready", self.name, self.handle_id, handle.pid, handle.load_seconds,
+                 time.perf_counter() - started, info.flash_attention if info is not None else "?",
+                 f" (measured tokens/s at {measured['depth']} of context: on {measured['on']:.1f}, off "
+                 f"{measured['off']:.1f})" if measured else "")
         return handle
 
     async def _watch(self, handle: WorkerHandle) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import random
@@ -35,6 +36,7 @@ from typing import Any
 import llama_cpp as L
 import numpy as np
 
+from warren import flash_attention
 from warren.bounds import GRAMMAR_STEP_SECONDS
 from warren.errors import (
     GrammarRejected,
@@ -48,7 +50,7 @@ from warren.grammar import check_gbnf, check_schema
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
-from warren.worker import kvstate, shift
+from warren.worker import flash_probe, kvstate, shift
 from warren.worker.batching import BatchRunner
 from warren.worker.parking import drop_file_pages, trim_heap
 from warren.worker.prefault import Prefault
@@ -206,6 +208,8 @@ class LlamaEngine:
         self.threads_wanted: tuple[int, tuple[int, ...]] | None = None  # the pool's share (SetThreads), if any
         self.share_changed = threading.Condition()  # a new share, or a Cancel, for a worker paused by the pool
         self.parallel = 1  # sequences in the context (--parallelrequests)
+        self.flash: bool | None = None  # flash attention in the current context (None: llama.cpp's auto)
+        self.flash_measured: flash_attention.Measured | None = None
         self.runner: BatchRunner | None = None  # stepping them, when there are several
         self.threads_applied: tuple[int, tuple[int, ...]] | None = None
         self.context_shift = False  # ContextShift on for this context (asked, and the cache can shift)
@@ -271,12 +275,12 @@ class LlamaEngine:
         cp.kv_unified = self.parallel > 1  # the sequences share the context's cells: memory of one context
         cp.n_threads = settings.threads
         cp.n_threads_batch = settings.batch_threads or settings.threads
-        # --flashattention forces it on; without the flag llama.cpp decides (on where the backend supports it,
-        # which on CPU is faster per token and smaller), rather than KoboldCpp's "off".
-        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attention else \
-            L.LLAMA_FLASH_ATTN_TYPE_AUTO
+        # --flashattention forces it on, --noflashattention off; otherwise it is what decodes faster here.
+        self.flash = self._flash_attention(settings)
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_AUTO if self.flash is None else \
+            L.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.type_k = KV_TYPES[settings.quant_kv]
-        cp.type_v = KV_TYPES[settings.quant_kv] if settings.flash_attention else L.GGML_TYPE_F16
+        cp.type_v = KV_TYPES[settings.quant_kv] if settings.flash_attention == "on" else L.GGML_TYPE_F16
         if settings.rope_freq_base > 0:
             cp.rope_freq_base = settings.rope_freq_base
         if settings.rope_freq_scale > 0:
@@ -305,7 +309,31 @@ class LlamaEngine:
             chat_template=template.decode("utf-8", "replace") if template else None,
             bos_token=self._token_text(L.llama_vocab_bos(self.vocab)),
             eos_token=self._token_text(L.llama_vocab_eos(self.vocab)),
-            add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)), gpu_offload=bool(L.llama_supports_gpu_offload()))
+            add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)), gpu_offload=bool(L.llama_supports_gpu_offload()),
+            flash_attention="auto" if self.flash is None else "on" if self.flash else "off",
+            extra={"flash_attention_measured": dataclasses.asdict(self.flash_measured)} if self.flash_measured else {})
+
+    def _flash_attention(self, settings: ModelSettings) -> bool | None:
+        """On, off, or None for llama.cpp's own "auto" (a model offloaded to a GPU): forced by the settings, or
+        measured on this CPU the first time this model is loaded here (``warren/flash_attention.py``)."""
+        self.flash_measured = None
+        if settings.flash_attention != "auto":
+            return settings.flash_attention == "on"
+        if settings.gpu_layers > 0 and L.llama_supports_gpu_offload():
+            return None
+        key = flash_attention.key(Path(settings.path), settings.threads, settings.quant_kv,
+                                  flash_attention.engine_version())
+        measured = flash_attention.recall(key)
+        if measured is None:
+            measured = flash_probe.measure(self.model, self.vocab, settings.threads, KV_TYPES[settings.quant_kv])
+            if measured is None:
+                return None
+            flash_attention.remember(key, measured)
+            print(f"warren worker: flash attention measured at {measured.depth} tokens of context: "
+                  f"{measured.on:.1f} tokens/s on, {measured.off:.1f} off: {'on' if measured.choice else 'off'}",
+                  file=sys.stderr, flush=True)
+        self.flash_measured = measured
+        return measured.choice
 
     def park(self, keep_state_bytes: int = -1) -> int:
         """Free the context and the weights' pages; keep the model for a quick ``load`` later, and the cached
@@ -333,7 +361,7 @@ class LlamaEngine:
     def _restore_state(self, settings: ModelSettings) -> None:
         """Put the sequences saved at park back into the new context, if it has the same shape; either way
         the saved bytes are freed (the context holds them now, or they cannot be used)."""
-        self.context_key = kvstate.state_key(settings)
+        self.context_key = (*kvstate.state_key(settings), self.flash)  # flash attention stores V otherwise
         saved, self.saved = self.saved, None
         if saved is None or saved.key != self.context_key:
             return
