@@ -158,9 +158,9 @@ OPTIONS: tuple[Option, ...] = (
            reason="the KV cache stays where llama.cpp puts it, with the offloaded layers"),
     Option("overridenativecontext", ("--overridenativecontext",), K.INT, 0, support=R,
            reason="use --ropeconfig instead"),
-    Option("noshift", ("--noshift", "--no-context-shift"), K.FLAG, False, support=A,
-           reason="warren does not shift the context yet: a prompt too long for it loses its oldest text, "
-                  "and the cached prefix is reused"),
+    Option("noshift", ("--noshift", "--no-context-shift"), K.FLAG, False,
+           help="no ContextShift: a prompt whose oldest text was trimmed is decoded again from the cut, "
+                "instead of shifting the cache (warren/worker/shift.py)"),
     Option("nofastforward", ("--nofastforward",), K.FLAG, False, support=A,
            reason="warren always reuses the cached prompt prefix, which does not change the output"),
     Option("useswa", ("--useswa",), K.FLAG, False, support=R, reason="SWA caches are not configurable"),

@@ -68,6 +68,7 @@ class GenerationParams:
     sampler_order: tuple[int, ...] = ()  # KoboldCpp's ids; empty: the engine's own order
     logprobs: bool = False  # report the chosen token's log-probability at each step
     top_logprobs: int = 0  # and this many most likely alternatives
+    keep_text: str = ""  # the prompt starts with it (KoboldCpp's memory): a truncation keeps it, cutting after
 
     def check(self) -> None:
         """The bounds every dialect shares (``warren/bounds.py``, with their reasons); ``InvalidRequest`` (a
@@ -109,3 +110,4 @@ class GenerationResult:
     prompt_seconds: float
     generation_seconds: float
     seed: int
+    cached_tokens: int = 0  # prompt tokens found in the cache (reused prefix, restored or shifted), not decoded

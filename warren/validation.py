@@ -452,6 +452,7 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
             flash_attention="on" if o["flashattention"] else "off" if o["noflashattention"] else "auto",
             quant_kv=o["quantkv"],
             parallel=o["parallelrequests"],
+            context_shift=not o["noshift"],
             rope_freq_scale=scale,
             # KoboldCpp's default base (10000) means "the model's own" unless a scale is also given.
             rope_freq_base=float(rope[1]) if scale > 0 and len(o["ropeconfig"]) > 1 else 0.0,

@@ -158,14 +158,20 @@ class ModelInstance:
     def parked(self) -> bool:
         return self.state is InstanceState.PARKED and self.handle is not None and self.handle.alive
 
-    def park(self) -> Awaitable[None]:
+    def park(self, keep_state_bytes: int = -1) -> Awaitable[int]:
         """Parked from now on (no request or load sees it ready); the worker frees its context and
-        weights' pages when it gets to the returned request. A later ``load`` resumes it: same worker,
-        same handle, a new context."""
+        weights' pages when it gets to the returned request, keeping its KV state if it takes at most
+        ``keep_state_bytes`` (the request's result: the bytes kept). A later ``load`` resumes it: same worker,
+        same handle, a new context (with the state put back)."""
         handle = self.require_ready()
         self.state = InstanceState.PARKED
         log.info("parking model=%s handle=%s pid=%s", self.name, self.handle_id, handle.pid)
-        return handle.park()
+        return handle.park(keep_state_bytes)
+
+    async def drop_state(self) -> None:
+        """A parked worker frees the KV state it kept."""
+        if self.parked and self.handle is not None:
+            await self.handle.drop_state()
 
     async def _start(self, spare: WorkerHandle | None, prefault_bytes: int, prefault_after: Sequence[int]
                      ) -> WorkerHandle:
@@ -379,4 +385,5 @@ class ModelInstance:
 
 def _result(done: p.Done) -> GenerationResult:
     return GenerationResult(done.text, FinishReason(done.finish_reason), done.prompt_tokens,
-                            done.completion_tokens, done.prompt_seconds, done.generation_seconds, done.seed)
+                            done.completion_tokens, done.prompt_seconds, done.generation_seconds, done.seed,
+                            done.cached_tokens)

@@ -56,6 +56,7 @@ class Running:
     seed: int
     max_new: int
     read: int = 0  # prompt tokens in the cache so far
+    reused: int = 0  # of which found in the cache at admission (not decoded)
     pending: int | None = None  # the token sampled last, to be decoded next step
     n_new: int = 0
     stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
@@ -131,7 +132,7 @@ class BatchRunner:
         sampler = engine._sampler(params, seed)
         window = min(params.context_limit or engine.n_ctx, engine.n_ctx)
         slot.running = Running(request_id, params, tokens, emit, cancelled, finish, sampler, seed,
-                               max_new=min(params.max_tokens, window - len(tokens)), read=n_keep,
+                               max_new=min(params.max_tokens, window - len(tokens)), read=n_keep, reused=n_keep,
                                stops=StopMatcher(params.stop, params.trim_stop))
 
     # -- one step -----------------------------------------------------------------------------------------
@@ -247,7 +248,7 @@ class BatchRunner:
         prompt_done = r.prompt_done or now
         return GenerationResult(text=r.stops.text, finish_reason=reason, prompt_tokens=len(r.tokens),
                                 completion_tokens=r.n_new, prompt_seconds=prompt_done - r.started,
-                                generation_seconds=now - prompt_done, seed=r.seed)
+                                generation_seconds=now - prompt_done, seed=r.seed, cached_tokens=r.reused)
 
     def _end(self, slot: Slot, outcome: GenerationResult | WarrenError) -> None:
         r = slot.running

@@ -30,6 +30,7 @@ def to_params(req: GenerateRequest, server: ServerSettings, n_ctx: int) -> Gener
         max_length = max(1, ctx - hard)
     return GenerationParams(
         prompt=req.memory + req.prompt,
+        keep_text=req.memory,
         max_tokens=max_length,
         **sampler_fields(req, ctx),
         logit_bias={int(k): max(-LOGIT_BIAS_LIMIT, min(LOGIT_BIAS_LIMIT, v)) for k, v in req.logit_bias.items()},

@@ -95,9 +95,12 @@ def finish_reason(reason: FinishReason) -> str:
     return "length" if reason in (FinishReason.LENGTH, FinishReason.ABORT) else "stop"
 
 
-def usage(r: GenerationResult) -> dict[str, int]:
+def usage(r: GenerationResult) -> dict[str, Any]:
+    """OpenAI's usage, with ``prompt_tokens_details.cached_tokens``: the prompt tokens found in the KV cache
+    (a reused prefix, a state kept across a swap, a shifted context) rather than decoded."""
     return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-            "total_tokens": r.prompt_tokens + r.completion_tokens}
+            "total_tokens": r.prompt_tokens + r.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": r.cached_tokens}}
 
 
 def new_id(prefix: str) -> str:
