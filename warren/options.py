@@ -97,6 +97,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("host", ("--host",), K.STR, "", "Address to bind; warren binds 127.0.0.1 when empty."),
     Option("multiuser", ("--multiuser",), K.OPT_INT, 1,
            "Queue concurrent requests: 0 rejects when busy, 1 queues up to 6, N queues N-1.", const=1),
+    Option("parallelrequests", ("--parallelrequests", "--parallel-requests", "-np"), K.INT, 1,
+           "Requests one model serves at once, batched in one context (more queue, as --multiuser says)."),
     Option("password", ("--password",), K.STR, None, "API key required as a Bearer token on generation."),
     Option("maxrequestsize", ("--maxrequestsize",), K.INT, 32, "Largest request body, in MB."),
     Option("nomodel", ("--nomodel",), K.FLAG, False, "Start without loading a model."),

@@ -29,6 +29,7 @@ class ModelSettings:
     quant_kv: int = 0
     rope_freq_scale: float = 0.0  # 0 = the model's own value
     rope_freq_base: float = 0.0  # 0 = the model's own value
+    parallel: int = 1  # requests served at once from one context (--parallelrequests): sequences in a batch
     engine: str = "llama"  # "llama" in production; tests may name a fake engine ("module:factory")
 
     def as_wire(self) -> dict[str, Any]:

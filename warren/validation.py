@@ -211,6 +211,12 @@ def rule_request_size(ctx: RuleContext) -> Iterator[Finding]:
         yield err(f"--maxrequestsize {ctx.opts['maxrequestsize']} MB is outside [1, 1024]", "the default is 32")
 
 
+def rule_parallel(ctx: RuleContext) -> Iterator[Finding]:
+    n = ctx.opts["parallelrequests"]
+    if not 1 <= n <= 64:
+        yield err(f"--parallelrequests {n} is outside [1, 64]", "1 serves one request at a time per model")
+
+
 def rule_connections(ctx: RuleContext) -> Iterator[Finding]:
     if not 1 <= ctx.opts["maxconnections"] <= 100_000:
         yield err(f"--max-connections {ctx.opts['maxconnections']} is outside [1, 100000]", "the default is 64")
@@ -318,7 +324,8 @@ def rule_mlock_limit(ctx: RuleContext) -> Iterator[Finding]:
 
 RULES: tuple[Rule, ...] = (
     rule_context_size, rule_batch_size, rule_default_gen_amount, rule_gen_limit, rule_threads, rule_quant_kv,
-    rule_rope, rule_mmap_mlock, rule_port, rule_multiuser, rule_request_size, rule_connections, rule_passwords,
+    rule_rope, rule_mmap_mlock, rule_port, rule_multiuser, rule_request_size, rule_connections, rule_parallel,
+    rule_passwords,
     rule_admin_dir, rule_pool,
     rule_model_given, rule_model_file, rule_context_vs_training, rule_gpu_layers, rule_mlock_limit,
 )
@@ -419,6 +426,7 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
             use_mlock=o["usemlock"],
             flash_attention=o["flashattention"],
             quant_kv=o["quantkv"],
+            parallel=o["parallelrequests"],
             rope_freq_scale=scale,
             # KoboldCpp's default base (10000) means "the model's own" unless a scale is also given.
             rope_freq_base=float(rope[1]) if scale > 0 and len(o["ropeconfig"]) > 1 else 0.0,

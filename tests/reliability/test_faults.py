@@ -124,13 +124,16 @@ def test_sigterm_ends_every_stream_and_queued_request_in_its_dialect(tmp_path: P
     request got plain-text "Internal Server Error". Now a queued request gets its dialect's 503 at once, and a
     stream still running when the grace ends gets its dialect's error event, then a clean end."""
     (tmp_path / "models").mkdir()
-    folder = write_entries(tmp_path / "models", model_path, dict.fromkeys(("kobold", "openai", "ollama"), 512))
+    # Greedy, each of these runs past 1,500 tokens without an end of text: every stream is still running
+    # when the 10 s grace ends, whatever this machine's speed (three models on fewer cores take turns).
+    folder = write_entries(tmp_path / "models", model_path, dict.fromkeys(("kobold", "openai", "ollama"), 4096))
     server = start_server(["--nomodel", "--models-dir", str(folder), "--no-warm-spare", "--multiuser", "4"], tmp_path)
     lines: dict[str, list[str]] = {d: [] for d in STREAMS}
 
     def stream(dialect: str) -> None:
         path, body = STREAMS[dialect](dialect)
-        body = {**body, "max_length": 4000, "max_tokens": 4000, "options": {"num_predict": 4000}}
+        body = {**body, "max_length": 4000, "max_tokens": 4000, "temperature": 0,
+                "options": {"num_predict": 4000, "temperature": 0}}
         with httpx.stream("POST", f"{server.url}{path}", json=body, timeout=120) as r:
             lines[dialect].extend(line for line in r.iter_lines() if line.strip())
 

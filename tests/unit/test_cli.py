@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, free_port
+from warren.gguf.estimate import estimate_memory
+from warren.gguf.reader import read_gguf
 
 
 def warren(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -61,6 +63,20 @@ def test_check_prints_the_plan(model_path: Path) -> None:
     assert "CPU features used: " in result.stdout and "AVX2" in result.stdout
     assert "GPU offload: no (CPU only)" in result.stdout
     assert "probe: ok, decoded 8 tokens of SmolLM2-135M-Instruct.Q4_1.gguf" in result.stdout
+
+
+def test_check_shows_requests_served_at_once_and_their_memory(model_path: Path) -> None:
+    one = warren("--check", "--model", str(model_path), "--contextsize", "2048", "--port", str(free_port()))
+    four = warren("--check", "--model", str(model_path), "--contextsize", "2048", "--port", str(free_port()),
+                  "--parallelrequests", "4")
+    assert four.returncode == 0, four.stderr
+    assert "requests at once 4 (sharing one cache of the context's size)" in four.stdout
+    assert "requests at once 1" in one.stdout
+
+    def compute(out: str) -> float:  # the estimate's compute term, MiB: a batch of 4 sequences needs more
+        return float(out.split("compute ")[1].split(" MiB")[0].replace(",", ""))
+
+    assert compute(four.stdout) > compute(one.stdout)
 
 
 def test_check_fails_when_the_engine_cannot_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -130,6 +146,20 @@ def test_analyze(model_path: Path) -> None:
     assert "general.architecture = 'llama'" in result.stdout
     assert "tokenizer.ggml.tokens = [49152 × STRING]" in result.stdout
     assert "memory estimate at context 8192" in result.stdout
+    assert "vocabulary" in result.stdout and "sliding window" not in result.stdout  # every layer full
+
+
+def test_analyze_and_check_say_what_the_sliding_window_saves(gemma_path: Path, tmp_path: Path) -> None:
+    result = warren("--analyze", str(gemma_path), "--contextsize", "4096")
+    assert result.returncode == 0, result.stderr
+    # 15 full-size caches of 4096 cells against 1024 (window + micro-batch): 15 × 3072 × 1 KiB.
+    assert ("sliding window: 15 of 18 layers attend to a 512-token window: a window-sized cache would save "
+            "45.0 MiB of KV cache") in result.stdout
+    (tmp_path / "gemma.gguf").symlink_to(gemma_path)
+    result = warren("--check", "--nomodel", "--models-dir", str(tmp_path), "--contextsize", "4096", "--port",
+                    str(free_port()))
+    assert result.returncode == 0, result.stderr
+    assert "KV 72.0 MiB" in result.stdout and "would save 45.0 MiB" in result.stdout
 
 
 def test_config_file_and_command_line_precedence(model_path: Path, tmp_path: Path) -> None:
@@ -179,8 +209,9 @@ def test_pinned_models_over_the_budget_are_a_startup_error(model_path: Path, tmp
 
 
 def test_active_model_over_the_budget_is_a_startup_error(model_path: Path) -> None:
+    need = estimate_memory(read_gguf(model_path), context_size=8192).total // 2**20  # the default context
     assert_clean_error(warren("--check", str(model_path), "--memory-budget", "100M", "--port", str(free_port())),
-                       "needs about 338 MiB, more than the memory budget of 100 MiB")
+                       f"needs about {need} MiB, more than the memory budget of 100 MiB")
 
 
 def test_the_default_model_over_the_budget_of_a_models_dir_points_at_nomodel(tmp_path: Path) -> None:

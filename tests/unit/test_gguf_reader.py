@@ -70,6 +70,30 @@ def a_directory(folder: Path) -> Path:
     return folder / "dir.gguf"
 
 
+def test_per_layer_numbers_are_kept_and_long_string_arrays_skipped(tmp_path: Path) -> None:
+    w = gguf.GGUFWriter(str(tmp_path / "layers.gguf"), "llama")
+    w.add_block_count(100)
+    w.add_array("llama.attention.head_count_kv", [i % 5 for i in range(100)])
+    w.add_array("llama.attention.sliding_window_pattern", [i % 2 == 0 for i in range(100)])
+    w.add_array("llama.feed_forward_length", [256, 1024, 512] + [128] * 97)
+    w.add_array("general.tags", [f"tag{i}" for i in range(100)])
+    w.add_token_list([f"tok{i}" for i in range(10)])
+    w.add_array("tokenizer.ggml.merges", ["a b", "c d"])
+    w.add_tensor("blk.0.w", np.ones(32, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    info = read_gguf(tmp_path / "layers.gguf")
+    assert info.per_layer("attention.head_count_kv") == tuple(i % 5 for i in range(100))
+    assert info.metadata["llama.attention.sliding_window_pattern"] == [i % 2 == 0 for i in range(100)]
+    assert info.feed_forward_length == 1024 and info.per_layer("feed_forward_length")[:2] == (256, 1024)
+    assert info.per_layer("attention.head_count") is None  # absent
+    assert info.metadata["general.tags"] == SkippedArray("STRING", 100)
+    # A short token list is kept as a list; it still counts as the vocabulary.
+    assert info.vocab_size == 10 and info.merge_count == 2
+
+
 @pytest.mark.parametrize(("make", "expected"), [
     (lambda p: p / "missing.gguf", "not found"),
     (a_directory, "is a directory"),

@@ -50,6 +50,7 @@ ROWS: list[tuple[str, dict[str, Any], set[str], Environment, Level, str, dict[st
     ("port out of range", {"port": 70000}, set(), NO_LIMIT, Level.ERROR, "port 70000 is outside", {}),
     ("negative multiuser", {"multiuser": -2}, set(), NO_LIMIT, Level.ERROR, "--multiuser -2", {}),
     ("request size", {"maxrequestsize": 0}, set(), NO_LIMIT, Level.ERROR, "--maxrequestsize 0", {}),
+    ("parallel requests", {"parallelrequests": 0}, set(), NO_LIMIT, Level.ERROR, "--parallelrequests 0", {}),
     ("empty password", {"password": ""}, set(), NO_LIMIT, Level.ERROR, "--password is empty", {}),
     ("blank admin password", {"adminpassword": "  "}, set(), NO_LIMIT, Level.ERROR, "--adminpassword is empty", {}),
     ("admin without dir", {"admin": True}, set(), NO_LIMIT, Level.WARNING, "admin mode stays off", {"admin": False}),

@@ -9,7 +9,8 @@ import psutil
 
 from warren.catalog import Catalog
 from warren.engine_check import EngineReport
-from warren.gguf.estimate import MIB, MemoryEstimate, estimate_memory
+from warren.gguf.attention import attention_layout
+from warren.gguf.estimate import MIB, SWA_FULL, MemoryEstimate, estimate_memory
 from warren.gguf.reader import GGUFInfo, SkippedArray, read_gguf
 from warren.validation import Plan
 
@@ -20,8 +21,21 @@ def _mib(n: int) -> str:
 
 def _estimate_lines(est: MemoryEstimate) -> list[str]:
     return [f"  weights       {_mib(est.weights):>14}", f"  KV cache      {_mib(est.kv_cache):>14}",
-            f"  compute       {_mib(est.compute):>14}", f"  worker base   {_mib(est.worker_base):>14}",
+            f"  compute       {_mib(est.compute):>14}", f"  vocabulary    {_mib(est.vocabulary):>14}",
+            f"  worker base   {_mib(est.worker_base):>14}",
             f"  total         {_mib(est.total):>14}", f"  parked        {_mib(est.parked):>14}  (kept by an evicted, parked instance)"]
+
+
+def window_note(info: GGUFInfo, est: MemoryEstimate) -> str | None:
+    """What the sliding window saves, for a model whose layers slide; None for the others."""
+    layout = attention_layout(info)
+    if not layout.window:
+        return None
+    slides = f"{layout.sliding_layers} of {len(layout.layers)} layers attend to a {layout.window}-token window"
+    if not SWA_FULL:
+        return f"{slides}: their window-sized cache saves {_mib(est.window_saving)} of KV cache"
+    return (f"{slides}: a window-sized cache would save {_mib(est.window_saving)} of KV cache; the worker keeps "
+            f"llama.cpp's full-size one, which reusing a prompt's prefix needs")
 
 
 def print_analysis(path: Path, opts: dict[str, Any]) -> None:
@@ -39,10 +53,15 @@ def print_analysis(path: Path, opts: dict[str, Any]) -> None:
                 shown = shown[:97] + "..."
         print(f"  {key} = {shown}")
     ctx = opts.get("contextsize") or 8192
-    est = estimate_memory(info, context_size=ctx, batch_size=opts.get("batchsize") or 512,
-                          quant_kv=opts.get("quantkv") or 0)
+    quant_kv = opts.get("quantkv") or 0
+    est = estimate_memory(info, context_size=ctx, batch_size=opts.get("batchsize") or 512, quant_kv=quant_kv,
+                          quant_v=quant_kv if opts.get("flashattention") else 0,
+                          parallel=opts.get("parallelrequests") or 1)
     print(f"memory estimate at context {ctx}:")
     print("\n".join(_estimate_lines(est)))
+    note = window_note(info, est)
+    if note:
+        print(f"  sliding window: {note}")
 
 
 def print_plan(plan: Plan, catalog: Catalog) -> None:
@@ -58,7 +77,8 @@ def print_plan(plan: Plan, catalog: Catalog) -> None:
         print(f"  context {m.context_size}, threads {m.threads}/{m.batch_threads}, batch {m.batch_size}, gpu layers "
               f"{m.gpu_layers}, mmap {'on' if m.use_mmap else 'off'}, mlock {'on' if m.use_mlock else 'off'}, "
               f"flash attention {'on' if m.flash_attention else 'auto'}, KV type "
-              f"{('f16', 'q8_0', 'q4_0')[m.quant_kv]}")
+              f"{('f16', 'q8_0', 'q4_0')[m.quant_kv]}, requests at once {m.parallel}"
+              + (" (sharing one cache of the context's size)" if m.parallel > 1 else ""))
     else:
         print("active model: none (--nomodel)")
     print("catalog:")
@@ -73,7 +93,11 @@ def print_plan(plan: Plan, catalog: Catalog) -> None:
         e = entry.estimate
         flags = " pinned" if entry.pinned else ""
         print(f"  {entry.name:<28} total {_mib(e.total):>11}  (weights {_mib(e.weights)}, KV {_mib(e.kv_cache)}, "
-              f"compute {_mib(e.compute)}, worker {_mib(e.worker_base)}; parked {_mib(e.parked)}){flags}")
+              f"compute {_mib(e.compute)}, vocabulary {_mib(e.vocabulary)}, worker {_mib(e.worker_base)}; "
+              f"parked {_mib(e.parked)}){flags}")
+        note = window_note(catalog.gguf_info(entry), e) if e.window_saving else None
+        if note:
+            print(f"    sliding window: {note}")
         if e.total > s.memory_budget:
             print("    does NOT fit the budget on its own: requests for it are refused")
         elif used + e.total <= s.memory_budget:

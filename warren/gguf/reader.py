@@ -26,8 +26,10 @@ from warren.errors import ModelFileError
 
 SUPPORTED_VERSIONS = (2, 3)  # v1 used 32-bit counts and predates every model llama.cpp still loads
 
-# Arrays up to this length are kept (rope sections, per-layer head counts); longer ones are skipped.
+# Arrays up to these lengths are kept, longer ones skipped: numbers and flags up to one per layer of the
+# deepest models (per-layer head counts, sliding-window patterns), strings up to a handful (tags, languages).
 SMALL_ARRAY = 64
+SMALL_NUMERIC_ARRAY = 1024
 
 _SCALAR_FORMATS: dict[gguf.GGUFValueType, str] = {
     gguf.GGUFValueType.UINT8: "<B",
@@ -127,11 +129,35 @@ class GGUFInfo:
         return int(self.arch_value("attention.value_length", default) or default)
 
     @property
+    def feed_forward_length(self) -> int:
+        """The widest layer's FFN (some models store one width per layer)."""
+        value = self.arch_value("feed_forward_length", 0)
+        return max((int(v) for v in value), default=0) if isinstance(value, list) else int(value or 0)
+
+    def per_layer(self, suffix: str) -> tuple[int, ...] | None:
+        """``{arch}.<suffix>`` for each layer: a per-layer array as stored, a single value repeated; None
+        when the key is absent (or an array of the wrong length)."""
+        value = self.arch_value(suffix)
+        if value is None or isinstance(value, SkippedArray):
+            return None
+        if isinstance(value, list):
+            return tuple(int(v) for v in value) if len(value) == self.block_count else None
+        return (int(value),) * self.block_count
+
+    @property
     def vocab_size(self) -> int:
         tokens = self.metadata.get("tokenizer.ggml.tokens")
-        if isinstance(tokens, SkippedArray):
-            return tokens.count
+        if isinstance(tokens, SkippedArray | list):
+            return tokens.count if isinstance(tokens, SkippedArray) else len(tokens)
         return int(self.arch_value("vocab_size", 0) or 0)
+
+    @property
+    def merge_count(self) -> int:
+        """BPE merge rules: llama.cpp keeps each one in a hash table, as it does each token."""
+        merges = self.metadata.get("tokenizer.ggml.merges")
+        if isinstance(merges, SkippedArray):
+            return merges.count
+        return len(merges) if isinstance(merges, list) else 0
 
     @property
     def chat_template(self) -> str | None:
@@ -156,7 +182,7 @@ class GGUFInfo:
 
 
 def _first_int(value: Any) -> int:
-    """Head counts may be per-layer arrays; the first layer's value is what the estimate needs."""
+    """Head counts may be per-layer arrays: the first layer's value (``GGUFInfo.per_layer`` has them all)."""
     if isinstance(value, list):
         return int(value[0]) if value else 0
     return int(value or 0)
@@ -231,7 +257,13 @@ def _read_value(cur: _Cursor, vtype: gguf.GGUFValueType, key: str) -> Any:
         if count > cur.size:
             raise ModelFileError(f"{cur.path}: metadata array {key!r} claims {count} elements, more than "
                                  f"the file has bytes", hint="the file is corrupt")
-        if count <= SMALL_ARRAY and etype != gguf.GGUFValueType.ARRAY:
+        if count <= SMALL_NUMERIC_ARRAY and etype in _SCALAR_FORMATS:
+            fmt = struct.Struct(f"<{count}{_SCALAR_FORMATS[etype][1]}")
+            cur._need(fmt.size, f"the body of {key!r}")
+            values = list(fmt.unpack_from(cur.buf, cur.pos))
+            cur.pos += fmt.size
+            return values
+        if count <= SMALL_ARRAY and etype == gguf.GGUFValueType.STRING:
             return [_read_value(cur, etype, key) for _ in range(count)]
         if etype == gguf.GGUFValueType.STRING:
             cur.skip_strings(count, f"the strings of {key!r}")

@@ -5,8 +5,9 @@ The instance is what every dialect talks to. It hides the worker's life from the
 - **Started by the pool only** (``load``), so every worker is accounted for in the memory budget;
   concurrent loads share one start. A worker that dies by itself is reported to the pool
   (``on_exit``); the crash stays visible in ``last_exit``, ``restarts`` and the state.
-- **One generation at a time**, KoboldCpp ``--multiuser`` semantics: up to ``queue_limit`` requests
-  wait behind the running one, more get ``Busy`` (503). A request whose worker ended while it waited
+- **One generation at a time** — or ``--parallelrequests N`` at once, which the worker batches in one
+  context — and KoboldCpp ``--multiuser`` semantics beyond: up to ``queue_limit`` requests wait, more get
+  ``Busy`` (503). A request whose worker ended while it waited
   (a crash, a frozen worker killed by the heartbeat) gets ``RequestNotStarted``, not the crash: it never
   ran, and the serving path runs it on the replacement (``warren/api/serving.py``).
 - **Hooks, not dialect rules**: a request may bring an ``abort`` event (set, it ends early; set before
@@ -34,6 +35,7 @@ from typing import Any
 from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed, WorkerNotPlaced
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
+from warren.pool.compute import ComputeShares
 from warren.pool.culprits import Culprits
 from warren.pool.state import InstanceState
 from warren.settings import ModelSettings
@@ -50,8 +52,8 @@ class ModelInstance:
     def __init__(self, settings: ModelSettings, *, launcher: Launcher | None = None, queue_limit: int = 6,
                  heartbeat: bool = True,
                  on_exit: Callable[[ModelInstance, WarrenError, GenerationParams | None], None] | None = None,
-                 on_progress: Callable[[ModelInstance], None] | None = None, culprits: Culprits | None = None
-                 ) -> None:
+                 on_progress: Callable[[ModelInstance], None] | None = None, culprits: Culprits | None = None,
+                 compute: ComputeShares | None = None) -> None:
         self.settings = settings
         self.launcher = launcher  # what starts its workers (``WorkerHandle``'s default: a local subprocess)
         self.on_progress = on_progress  # told as the worker reports load progress
@@ -59,6 +61,10 @@ class ModelInstance:
         # running if the crash happened during one ("crashed" exits only).
         self.on_exit = on_exit
         self.culprits = culprits
+        self.compute = compute  # the pool's cores, shared among generating workers (warren/pool/compute.py)
+        self._cores_lock = asyncio.Lock()
+        self._cores_users = 0
+        self._cores_share: contextlib.AbstractAsyncContextManager[object] | None = None
         self.name = settings.name
         self.queue_limit = queue_limit
         self.heartbeat = heartbeat
@@ -79,7 +85,9 @@ class ModelInstance:
         self.crashes = 0
         self.requests = 0
         self.tokens = 0
-        self._slot = asyncio.Lock()
+        # One request at a time, or --parallelrequests at once (the worker batches them in one context).
+        self._slot = asyncio.Semaphore(max(1, settings.parallel))
+        self._running = 0
         self._waiting = 0
 
     # -- identity and status ------------------------------------------------------------------------
@@ -105,7 +113,7 @@ class ModelInstance:
 
     @property
     def busy(self) -> bool:
-        return self._slot.locked()
+        return self._running > 0
 
     @property
     def queued(self) -> int:
@@ -116,7 +124,7 @@ class ModelInstance:
         return {
             "name": self.name, "handle": self.handle_id if h else None, "state": self.current_state.value,
             "pid": h.pid if h and h.alive else None, "node": self.node, "progress": h.progress if h else 0.0,
-            "load_seconds": h.load_seconds if h else None, "in_flight": int(self.busy), "queued": self._waiting,
+            "load_seconds": h.load_seconds if h else None, "in_flight": self._running, "queued": self._waiting,
             "restarts": self.restarts, "last_exit": self.last_exit or None, "last_exit_kind": self.last_exit_kind,
             "last_error": self.last_error or None,
             "context_size": self.context_size, "path": str(self.settings.path),
@@ -262,9 +270,11 @@ class ModelInstance:
             await self._slot.acquire()
         finally:
             self._waiting -= 1
+        self._running += 1
         try:
             yield
         finally:
+            self._running -= 1
             self._slot.release()
 
     # -- generation ---------------------------------------------------------------------------------
@@ -302,13 +312,40 @@ class ModelInstance:
             handle = self.require_ready()
             self.last_used = time.monotonic()
             try:
-                async for item in self._run(handle, params, stream, abort or asyncio.Event(), on_text):
-                    yield item
+                async with self._cores(handle):
+                    async for item in self._run(handle, params, stream, abort or asyncio.Event(), on_text):
+                        yield item
             except WorkerCrashed:
                 self._report_crash(handle)
                 raise
             finally:
                 self.last_used = time.monotonic()
+
+    @contextlib.asynccontextmanager
+    async def _cores(self, handle: WorkerHandle) -> AsyncIterator[None]:
+        """A share of the cores while this worker generates: at most ``--threads`` of them, and one for a
+        model offloaded to a GPU (the GPU does the work). The worker holds one share for all the requests it
+        serves at once (``--parallelrequests``): the first takes it, the last gives it back. Without a pool's
+        compute (tests), nothing is shared."""
+        if self.compute is None:
+            yield
+            return
+        async with self._cores_lock:  # the first request of the worker may wait for a core; the others join
+            if self._cores_users == 0:
+                info = handle.model_info
+                offloaded = info is not None and info.gpu_offload and self.settings.gpu_layers > 0
+                share = self.compute.running_on(self.handle_id, 1 if offloaded else self.settings.threads,
+                                                lambda s: handle.set_threads(s.threads, s.cores))
+                await share.__aenter__()
+                self._cores_share = share
+            self._cores_users += 1
+        try:
+            yield
+        finally:
+            self._cores_users -= 1
+            if self._cores_users == 0 and self._cores_share is not None:
+                share, self._cores_share = self._cores_share, None
+                await share.__aexit__(None, None, None)
 
     async def _run(self, handle: WorkerHandle, params: GenerationParams, stream: bool, abort: asyncio.Event,
                    on_text: Callable[[str], None] | None) -> AsyncIterator[str | GenerationResult]:

@@ -51,6 +51,7 @@ from warren.errors import (
     WorkerNotPlaced,
 )
 from warren.params import GenerationParams
+from warren.pool.compute import ComputeShares
 from warren.pool.crashes import CrashGuard
 from warren.pool.culprits import Culprits
 from warren.pool.events import EventBus
@@ -99,6 +100,9 @@ class Pool:
         self.evictions: dict[str, int] = {}
         self.tasks = TaskSet()
         self.culprits = Culprits()
+        # The cores, shared among the workers that generate (warren/pool/compute.py). Only on one machine:
+        # on a cluster a worker's cores are its node's, and a node's threads are reserved in Ray instead.
+        self.compute = ComputeShares()
         self.crashes = CrashGuard(self.culprits)
         self.footprints = Footprints()
         self.meter = MemoryMeter(self.launcher, self.clock, self.tasks, residents=self.policy.residents,
@@ -290,7 +294,8 @@ class Pool:
         if inst is None:
             inst = ModelInstance(entry.settings, launcher=self.launcher, queue_limit=self.server.queue_limit,
                                  heartbeat=self.heartbeat, on_exit=self._on_crash,
-                                 on_progress=lambda i: self.view.publish(i, "progress"), culprits=self.culprits)
+                                 on_progress=lambda i: self.view.publish(i, "progress"), culprits=self.culprits,
+                                 compute=None if self.launcher.places else self.compute)
             self.instances[entry.name] = inst
         elif inst.settings != entry.settings and inst.name not in self.policy.residents:
             inst.settings = entry.settings  # the entry changed while it was not loaded

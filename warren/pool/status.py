@@ -77,6 +77,10 @@ class StatusView:
             "evictions": pool.evictions.get(name, 0),
             "crashes": inst.crashes if inst else 0,
             "culprits": pool.culprits.count(name),  # fingerprints of requests that crashed it: refused
+            # Its share of the cores (warren/pool/compute.py): what it generates with now, or was last given.
+            "compute": ({"threads": inst.handle.threads, "cores": list(inst.handle.cores),
+                         "generating": inst.handle_id in pool.compute.running}
+                        if inst and inst.handle and inst.handle.alive else None),
             "settings": entry.describe()["settings"] if entry else None,
             "error": entry.error if entry and not entry.valid else status.get("last_error"),
         })
@@ -96,4 +100,4 @@ class StatusView:
         names = list(dict.fromkeys([*pool.catalog.entries, *pool.instances]))
         extra = {"nodes": self.nodes()} if pool.launcher.places else {}
         return {**pool.policy.status(), **self.totals(), "active": pool.active_name, **extra,
-                "instances": [self.describe(n) for n in names]}
+                "cores": pool.compute.cores, "instances": [self.describe(n) for n in names]}

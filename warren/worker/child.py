@@ -43,7 +43,7 @@ from typing import Any, TextIO
 
 from warren.errors import InvalidRequest, WarrenError, WorkerLoadFailed
 from warren.model_info import ModelInfo
-from warren.params import GenerationParams
+from warren.params import GenerationParams, GenerationResult
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
 from warren.worker.engine_api import Engine
@@ -116,6 +116,13 @@ class Worker:
                 elif isinstance(frame, p.Cancel):
                     with self.cancel_lock:
                         self.cancelled.add(frame.id)
+                    wake = getattr(self.engine, "wake", None)
+                    if wake is not None:  # a generation paused for its turn of the cores sees it now
+                        wake()
+                elif isinstance(frame, p.SetThreads):  # recorded now, applied by the engine between decode steps
+                    set_threads = getattr(self.engine, "set_threads", None)
+                    if set_threads is not None:
+                        set_threads(frame.threads, frame.cores)
                 elif isinstance(frame, TOKEN_FRAMES) and getattr(self.engine, "concurrent_tokens", False):
                     self.tokens.put(frame)
                 else:
@@ -130,19 +137,86 @@ class Worker:
     # -- main and tokens threads ----------------------------------------------------------------------
     def serve(self, inbox: queue.SimpleQueue[p.Frame | None]) -> None:
         """Answer the frames of ``inbox`` in order, each with its answer or a ``Failed`` frame, until a
-        ``None`` (in a worker process the reader thread ends the process on EOF instead)."""
+        ``None`` (in a worker process the reader thread ends the process on EOF instead). An engine that
+        serves several requests at once (``--parallelrequests``) takes its generations in a batch."""
         while (frame := inbox.get()) is not None:
-            try:
-                self.channel.send(self.handle(frame))
-            except WarrenError as exc:
-                self.channel.send(p.Failed(id=frame.id, error=exc.to_wire()))
-            except Exception as exc:  # a bug here must fail one request, not the model: log it, answer, go on
-                traceback.print_exc(file=self.log or sys.stderr)
-                error = WarrenError(f"internal error in the worker ({type(exc).__name__}); see the server log")
-                self.channel.send(p.Failed(id=frame.id, error=error.to_wire()))
-            finally:
-                with self.cancel_lock:
-                    self.cancelled.discard(frame.id)
+            if isinstance(frame, p.Generate) and getattr(self.engine, "parallel", 1) > 1:
+                if not self.serve_batched(frame, inbox):
+                    return
+                continue
+            self.answer(frame)
+
+    def serve_batched(self, first: p.Generate, inbox: queue.SimpleQueue[p.Frame | None]) -> bool:
+        """Step the engine's sequences (``warren/worker/batching.py``) until none is left, taking the
+        generations that arrive meanwhile into free sequences. Other frames (none come while requests run:
+        the pool parks and loads idle workers only) wait until the batch is done. False at the end (None)."""
+        runner = self.engine.batch_runner()
+        later: list[p.Frame] = []
+        self.admit(runner, first)
+        while True:
+            while True:
+                try:
+                    frame = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if frame is None:
+                    runner.close()
+                    return False
+                if isinstance(frame, p.Generate) and runner.free:
+                    self.admit(runner, frame)
+                else:
+                    later.append(frame)
+            if runner.active:
+                try:
+                    runner.step()
+                except Exception as exc:  # a bug must fail the batch's requests, not the model
+                    traceback.print_exc(file=self.log or sys.stderr)
+                    runner.fail_all(WarrenError(f"internal error in the worker ({type(exc).__name__}); see the "
+                                                "server log"))
+                continue
+            if not later:
+                return True
+            frame = later.pop(0)
+            if isinstance(frame, p.Generate):
+                self.admit(runner, frame)
+            else:
+                self.answer(frame)
+
+    def admit(self, runner: Any, frame: p.Generate) -> None:
+        """Start one generation among the batch's; its ``Done`` (or ``Failed``) is sent when it ends."""
+        request_id = frame.id
+
+        def finish(outcome: GenerationResult | WarrenError) -> None:
+            with self.cancel_lock:
+                self.cancelled.discard(request_id)
+            if isinstance(outcome, WarrenError):
+                self.channel.send(p.Failed(id=request_id, error=outcome.to_wire()))
+            else:
+                self.channel.send(_done(request_id, outcome))
+
+        try:
+            params = GenerationParams.from_wire(frame.params)
+            emit = self.streamer(request_id) if frame.stream else self.batcher(request_id)
+            runner.admit(request_id, params, emit, self.is_cancelled(request_id), finish)
+        except WarrenError as exc:
+            finish(exc)
+        except Exception as exc:  # a bug must fail one request, not the model
+            traceback.print_exc(file=self.log or sys.stderr)
+            finish(WarrenError(f"internal error in the worker ({type(exc).__name__}); see the server log"))
+
+    def answer(self, frame: p.Frame) -> None:
+        """One frame, answered: its answer, or a ``Failed`` frame."""
+        try:
+            self.channel.send(self.handle(frame))
+        except WarrenError as exc:
+            self.channel.send(p.Failed(id=frame.id, error=exc.to_wire()))
+        except Exception as exc:  # a bug here must fail one request, not the model: log it, answer, go on
+            traceback.print_exc(file=self.log or sys.stderr)
+            error = WarrenError(f"internal error in the worker ({type(exc).__name__}); see the server log")
+            self.channel.send(p.Failed(id=frame.id, error=error.to_wire()))
+        finally:
+            with self.cancel_lock:
+                self.cancelled.discard(frame.id)
 
     def handle(self, frame: p.Frame) -> p.Frame:
         if isinstance(frame, p.Load):
@@ -150,10 +224,7 @@ class Worker:
         if isinstance(frame, p.Generate):
             params = GenerationParams.from_wire(frame.params)
             emit = self.streamer(frame.id) if frame.stream else self.batcher(frame.id)
-            r = self.engine.generate(params, emit, self.is_cancelled(frame.id))
-            return p.Done(id=frame.id, text=r.text, finish_reason=r.finish_reason.value,
-                          prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
-                          prompt_seconds=r.prompt_seconds, generation_seconds=r.generation_seconds, seed=r.seed)
+            return _done(frame.id, self.engine.generate(params, emit, self.is_cancelled(frame.id)))
         if isinstance(frame, p.Park):
             park = getattr(self.engine, "park", None)
             if park is None:
@@ -204,6 +275,12 @@ class Worker:
             raise WorkerLoadFailed(f"model {settings.name!r} failed to load: {exc}") from exc
         wire = info.as_wire() if isinstance(info, ModelInfo) else dict(info)  # (test engines may report dicts)
         return p.Ready(id=frame.id, model=wire, load_seconds=time.perf_counter() - started)
+
+
+def _done(request_id: int, r: GenerationResult) -> p.Done:
+    return p.Done(id=request_id, text=r.text, finish_reason=r.finish_reason.value, prompt_tokens=r.prompt_tokens,
+                  completion_tokens=r.completion_tokens, prompt_seconds=r.prompt_seconds,
+                  generation_seconds=r.generation_seconds, seed=r.seed)
 
 
 def load_engine(spec: str) -> Engine:

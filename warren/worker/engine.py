@@ -20,10 +20,12 @@ Requests without a grammar keep the one-call fast path.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import json
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +47,7 @@ from warren.grammar import check_gbnf, check_schema
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
+from warren.worker.batching import BatchRunner
 from warren.worker.parking import drop_file_pages, trim_heap
 from warren.worker.prefault import Prefault
 from warren.worker.stops import StopMatcher
@@ -140,9 +143,10 @@ class GuardedSampler:
                                               n_vocab, -1, False)
         self.pointer = ctypes.byref(self.array)
 
-    def sample(self) -> int | None:
+    def sample(self, index: int = -1) -> int | None:
+        """The token for the logits of batch entry ``index`` (-1: the last), or None at a dead end."""
         started = time.perf_counter()
-        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
+        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
         data, array = self.data, self.array
         data["id"] = self.ids
         data["logit"] = logits
@@ -197,6 +201,11 @@ class LlamaEngine:
         self.vocabulary: Vocabulary | None = None  # token facts for grammar checks, made on first use
         self.piece_buf = ctypes.create_string_buffer(256)
         self.one_token = (L.llama_token * 1)()
+        self.threads_wanted: tuple[int, tuple[int, ...]] | None = None  # the pool's share (SetThreads), if any
+        self.share_changed = threading.Condition()  # a new share, or a Cancel, for a worker paused by the pool
+        self.parallel = 1  # sequences in the context (--parallelrequests)
+        self.runner: BatchRunner | None = None  # stepping them, when there are several
+        self.threads_applied: tuple[int, tuple[int, ...]] | None = None
 
     @staticmethod
     def build_info() -> dict[str, Any]:
@@ -251,7 +260,9 @@ class LlamaEngine:
         self.n_batch = settings.batch_size if settings.batch_size > 0 else 16  # KoboldCpp -1: no big batches
         cp.n_batch = self.n_batch
         cp.n_ubatch = min(self.n_batch, UBATCH_MAX)
-        cp.n_seq_max = 1
+        self.parallel = max(1, settings.parallel)
+        cp.n_seq_max = self.parallel
+        cp.kv_unified = self.parallel > 1  # the sequences share the context's cells: memory of one context
         cp.n_threads = settings.threads
         cp.n_threads_batch = settings.batch_threads or settings.threads
         # --flashattention forces it on; without the flag llama.cpp decides (on where the backend supports it,
@@ -266,6 +277,9 @@ class LlamaEngine:
             cp.rope_freq_scale = settings.rope_freq_scale
         cp.no_perf = True
         self.ctx = L.llama_init_from_model(self.model, cp)
+        self.threads_applied = None  # a new context runs settings.threads: the pool's share applies again
+        self._close_runner()
+        self.cached = []
         if not self.ctx:
             raise WorkerLoadFailed(f"llama.cpp could not create a context of {settings.context_size} tokens "
                                    f"for {settings.path} (out of memory?)")
@@ -283,6 +297,7 @@ class LlamaEngine:
 
     def park(self) -> None:
         """Free the context and the weights' pages; keep the model for a quick ``load`` later."""
+        self._close_runner()
         if self.ctx is not None:
             L.llama_free(self.ctx)
             self.ctx = None
@@ -295,6 +310,41 @@ class LlamaEngine:
         if token < 0:
             return ""
         return (L.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
+
+    # -- the pool's share of the cores ----------------------------------------------------------------
+    def set_threads(self, threads: int, cores: list[int]) -> None:
+        """Record the share (on the reader thread): one assignment, read by the main thread between steps.
+        No threads means paused: the pool has more generating workers than cores, and this one waits its turn."""
+        with self.share_changed:
+            self.threads_wanted = (max(0, threads), tuple(cores))
+            self.share_changed.notify_all()
+
+    def wake(self) -> None:
+        """A Cancel arrived (reader thread): a paused generation looks at it now, not at its next turn."""
+        with self.share_changed:
+            self.share_changed.notify_all()
+
+    def _apply_threads(self, cancelled: Callable[[], bool] | None = None) -> None:
+        """Before a decode step: run on the share's number of threads, all of this process's threads on its
+        cores (llama.cpp's and OpenMP's included: they are threads of this process, ``/proc/self/task``).
+        Paused (no threads), wait for the turn — or until ``cancelled``, which the caller then acts on."""
+        if self.threads_wanted is None or self.threads_wanted is self.threads_applied:
+            return
+        with self.share_changed:
+            while self.threads_wanted is not None and self.threads_wanted[0] == 0:
+                if cancelled is not None and cancelled():
+                    return
+                self.share_changed.wait()
+            wanted = self.threads_wanted
+        if wanted is None or wanted is self.threads_applied:
+            return
+        threads, cores = wanted
+        L.llama_set_n_threads(self.ctx, threads, threads)
+        if cores and hasattr(os, "sched_setaffinity"):
+            for tid in os.listdir("/proc/self/task"):
+                with contextlib.suppress(OSError):  # a thread may end meanwhile
+                    os.sched_setaffinity(int(tid), cores)
+        self.threads_applied = wanted
 
     # -- tokens -------------------------------------------------------------------------------------
     @property
@@ -415,6 +465,38 @@ class LlamaEngine:
             raise GrammarRejected(f"{what}: {exc.message}", param=param) from None
         return gbnf
 
+    def _sample_at(self, sampler: Any, index: int, n_new: int) -> int | None:
+        """The next token from the logits of batch entry ``index``; None when a grammar is at its end (after
+        some output); ``GrammarRejected`` when it allows nothing at all from the start."""
+        if not isinstance(sampler, GuardedSampler):
+            return int(L.llama_sampler_sample(sampler, self.ctx, index))
+        picked = sampler.sample(index)
+        if picked is None and not n_new:
+            raise GrammarRejected("the grammar, with this request's banned tokens, allows no token to start with",
+                                  param="grammar")
+        return picked
+
+    @staticmethod
+    def _free_sampler(sampler: Any) -> None:
+        if isinstance(sampler, GuardedSampler):
+            sampler.free()
+        else:
+            L.llama_sampler_free(sampler)
+
+    # -- several requests at once (--parallelrequests) --------------------------------------------------
+    def batch_runner(self) -> BatchRunner:
+        """The sequences of this context stepped together (``warren/worker/batching.py``); made on first use."""
+        if self.ctx is None:
+            raise WorkerClosed("the model is parked: it needs a Load to get a context back")
+        if self.runner is None:
+            self.runner = BatchRunner(self, self.parallel)
+        return self.runner
+
+    def _close_runner(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
     # -- generation ---------------------------------------------------------------------------------
     def _prepare_prompt(self, params: GenerationParams) -> list[int]:
         add_bos = params.add_bos and bool(L.llama_vocab_get_add_bos(self.vocab))
@@ -450,6 +532,7 @@ class LlamaEngine:
             n_keep = 0
         self.cached = tokens[:n_keep]
         for start in range(n_keep, len(tokens), self.n_batch):
+            self._apply_threads(cancelled)
             if cancelled():
                 return False
             chunk = tokens[start : start + self.n_batch]
@@ -479,10 +562,7 @@ class LlamaEngine:
             else:
                 reason, n_new, text = FinishReason.ABORT, 0, ""
         finally:
-            if isinstance(sampler, GuardedSampler):
-                sampler.free()
-            else:
-                L.llama_sampler_free(sampler)
+            self._free_sampler(sampler)
         return GenerationResult(text=text, finish_reason=reason, prompt_tokens=len(tokens),
                                 completion_tokens=n_new, prompt_seconds=prompt_done - started,
                                 generation_seconds=time.perf_counter() - prompt_done, seed=seed)
@@ -524,6 +604,8 @@ class LlamaEngine:
                 break
             if n_new == max_new:
                 break  # no need to decode a token nothing will follow
+            if self.threads_wanted is not self.threads_applied:
+                self._apply_threads(cancelled)
             one[0] = token
             rc = decode(ctx, batch_one(one, 1))
             if rc != 0:

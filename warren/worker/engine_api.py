@@ -29,6 +29,8 @@ class Engine(Protocol):
 
     def tokenize(self, text: str, special: bool) -> list[int]: ...
 
+    # Optional: ``set_threads(n, cores)`` records the worker's share of the cores (called on the reader thread);
+    # the engine applies it before its next decode step (``warren/pool/compute.py``).
     # Optional: ``park()`` frees the context and the weights' pages and keeps the model, so that the next
     # ``load`` with the same model only creates a context (``warren/worker/parking.py``).
     # Optional: ``concurrent_tokens`` (a bool, read per frame) true when ``tokenize``/``detokenize`` may run

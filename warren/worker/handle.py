@@ -79,6 +79,8 @@ class WorkerHandle:
         self.channel: FrameChannel | None = None
         self.progress = 0.0
         self.model_info: ModelInfo | None = None
+        self.threads = settings.threads  # the share of the cores it was last given (warren/pool/compute.py)
+        self.cores: tuple[int, ...] = ()  # (): not pinned yet
         self.load_seconds = 0.0
         self.started_at = 0.0
         self._pending: dict[int, asyncio.Queue[p.Frame | WarrenError]] = {}
@@ -144,6 +146,15 @@ class WorkerHandle:
             self._beating = asyncio.create_task(self._beat(), name=f"heartbeat-{self.name}")
             self._tasks.append(self._beating)
         return self.model_info
+
+    def set_threads(self, threads: int, cores: tuple[int, ...]) -> None:
+        """The worker's share of the cores (``warren/pool/compute.py``): sent at once, ahead of any frame sent
+        after it, and applied by the worker before its next decode step. Nothing to wait for."""
+        if self.channel is not None and self.exit_error is None:
+            with contextlib.suppress(ConnectionError, OSError):
+                self.channel.send_nowait(p.SetThreads(threads=threads, cores=list(cores)))
+        self.threads = threads
+        self.cores = cores
 
     async def park(self) -> None:
         """Ask the worker to free its context and weights' pages, keeping the model (``Park``)."""

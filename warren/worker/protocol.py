@@ -88,6 +88,15 @@ class Ping(Frame):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class SetThreads(Frame):
+    """The worker's share of the cores (``warren/pool/compute.py``): how many compute threads, on which CPUs.
+    No answer; applied before the worker's next decode step."""
+
+    threads: int = 0
+    cores: list[int] = field(default_factory=list)
+
+
 # -- worker -> supervisor ------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Hello(Frame):
