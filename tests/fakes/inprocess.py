@@ -283,3 +283,6 @@ class InProcessLauncher:
         return [self.footprint(w) if w.returncode is None else Footprint(0)  # type: ignore[arg-type]
                 for w in workers]
 
+    async def close(self) -> None:
+        pass
+

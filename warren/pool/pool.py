@@ -57,7 +57,7 @@ from warren.pool.culprits import Culprits
 from warren.pool.events import EventBus
 from warren.pool.instance import ModelInstance
 from warren.pool.lease import Lease, split_handle
-from warren.pool.memory import MEASURE_EVERY, Footprints, MemoryMeter
+from warren.pool.memory import MEASURE_EVERY, MIB, Footprints, MemoryMeter
 from warren.pool.placement import Capacity
 from warren.pool.policy import PoolPolicy, Resident
 from warren.pool.spare import WarmSpare
@@ -158,6 +158,7 @@ class Pool:
         await self.tasks.cancel_all()
         await asyncio.gather(*(i.stop() for i in self.instances.values()), self.spare.close(),
                              return_exceptions=True)
+        await self.launcher.close()
 
     # -- the request path ---------------------------------------------------------------------------------
     def instance_for(self, name: str | None) -> ModelInstance:
@@ -201,8 +202,10 @@ class Pool:
         park_need = self.footprints.park_need(entry) if self.park_evicted else 0
         assert entry.settings is not None  # _check_loadable: a valid entry
         threads = max(entry.settings.threads, entry.settings.batch_threads) if nodes is not None else 0
-        self.policy.request(ticket, base, self.footprints.need(entry), self.clock.now(), park_need=park_need,
-                            nodes=nodes, threads=threads)
+        need = self.footprints.need(entry)
+        if nodes is not None:
+            need = -(-need // MIB) * MIB  # whole MiB: the unit of a reservation in Ray's resources
+        self.policy.request(ticket, base, need, self.clock.now(), park_need=park_need, nodes=nodes, threads=threads)
         if not future.done():
             self.view.publish(instance, "waiting")  # no room for it yet: it waits (``waiting`` in the status)
         try:

@@ -127,6 +127,10 @@ class Launcher(Protocol):
     def reports_gpu(self) -> bool:
         """Whether footprints include GPU memory (a driver that reports it is present)."""
 
+    async def close(self) -> None:
+        """Let go of what the launcher holds beyond its workers (a cluster connection); the pool calls it
+        last, once every worker has stopped."""
+
 
 def classify_exit(returncode: int | None, *, requested: bool, protocol_error: str = "", killed_for: str = "",
                   killed_kind: ExitKind = ExitKind.HUNG, lost: str = "") -> tuple[ExitKind, str]:

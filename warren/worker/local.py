@@ -139,3 +139,6 @@ class LocalLauncher:
     @property
     def reports_gpu(self) -> bool:
         return self.gpu.available
+
+    async def close(self) -> None:
+        pass
