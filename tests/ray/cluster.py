@@ -21,6 +21,8 @@ from ray.cluster_utils import Cluster
 from warren.worker.ray_resources import MEMORY_RESOURCE
 
 MIB = 1 << 20
+NODES = 3
+NODE_TIMEOUT = 120  # seconds for a node to join (a 2-core machine busy with other tests)
 OBJECT_STORE = 100 * MIB  # Ray's minimum is 75 MiB; warren puts nothing in the object store
 # A dead node is noticed after period × threshold (0.5 s × 4) instead of 3 s × 5.
 FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
@@ -37,9 +39,24 @@ def three_nodes(budget_mib: int) -> Iterator[Cluster]:
     cluster = Cluster(initialize_head=True,
                       head_node_args={**node_args(budget_mib), "_system_config": FAST_HEALTH})
     try:
-        for _ in range(2):
-            cluster.add_node(**node_args(budget_mib))
-        cluster.wait_for_nodes(timeout=120)
+        while len(cluster.list_all_nodes()) < NODES:
+            add_node(cluster, budget_mib)
         yield cluster
     finally:
         cluster.shutdown()
+
+
+def add_node(cluster: Cluster, budget_mib: int) -> None:
+    cluster.add_node(**node_args(budget_mib))
+    cluster.wait_for_nodes(timeout=NODE_TIMEOUT)
+
+
+def kill_node(cluster: Cluster, node_id: str) -> None:
+    """Kill a node that is not the head (the head holds the cluster's GCS) at once: SIGKILL to its raylet
+    and its processes, no goodbye to the cluster, as when a machine goes down."""
+    node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+    cluster.remove_node(node, allow_graceful=False)
+
+
+def worker_node_ids(cluster: Cluster) -> set[str]:
+    return {n.node_id for n in cluster.worker_nodes}

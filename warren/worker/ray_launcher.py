@@ -130,15 +130,22 @@ class RayWorker:
             self.agent.signal.remote(signal.SIGTERM)
 
     def kill(self) -> None:
-        """SIGKILL through the agent (so its exit status and output still come back); an agent that cannot
-        deliver it within ``KILL_GRACE`` is ended itself, which takes the worker along."""
+        """SIGKILL through the agent (so its exit status and output still come back). An agent that took the
+        signal and still reports no end within ``KILL_GRACE`` is ended itself, which takes the worker along."""
         if self._returncode is None:
-            self.agent.signal.remote(signal.SIGKILL)
-            self._spawn(self._kill_agent_later(), "kill")
+            sent = self.agent.signal.remote(signal.SIGKILL).future()
+            self._spawn(self._kill_agent_later(sent), "kill")
 
-    async def _kill_agent_later(self) -> None:
+    async def _kill_agent_later(self, sent: Future[Any]) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ended.wait(), KILL_GRACE)
+            return
+        if not sent.done() or isinstance(sent.exception(), ActorUnavailableError):
+            # The agent cannot be reached: its node may be going. ``ray.kill`` would have Ray record the
+            # actor as killed by us, before its health checks find the node gone, and the worker's end
+            # would read as ours (a SIGKILL) instead of ``lost``. Ray's verdict on the node ends it.
+            log.warning("the agent cannot be reached; waiting for Ray's verdict on its node node=%s pid=%s",
+                        self.node, self.pid)
             return
         log.warning("the agent did not end its worker; ending the agent node=%s pid=%s", self.node, self.pid)
         ray.kill(self.agent)
