@@ -43,6 +43,7 @@ import collections
 import contextlib
 import logging
 import signal
+import socket
 import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import Future
@@ -69,6 +70,7 @@ CONNECT_TIMEOUT = 15.0  # seconds for the worker's connection once the agent has
 FILES_RECHECK = 60.0  # seconds before a node that lacked a model file is asked again
 SURVEY_TIMEOUT = 30.0  # seconds for a node to say which files it has
 MEASURE_TIMEOUT = 10.0
+REACH_TIMEOUT = 5.0  # seconds for the cluster's head to accept a connection at start-up
 KILL_GRACE = 3.0  # seconds a SIGKILL sent through the agent has before the agent itself is ended
 UNAVAILABLE_RETRY = 1.0  # seconds before asking again an agent Ray says is unreachable for now
 
@@ -193,6 +195,7 @@ class RayLauncher:
         a start-up error."""
         owns = not ray.is_initialized()
         if owns:
+            _reachable(address)
             try:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -299,6 +302,19 @@ class RayLauncher:
         await self.rendezvous.close()
         if self.owns_connection:
             await asyncio.to_thread(ray.shutdown)
+
+
+def _reachable(address: str) -> None:
+    """Refuse a ``HOST:PORT`` nobody listens on at once: ``ray.init`` would retry it for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # ``auto``, ``ray://…``: Ray's own to resolve
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot join the Ray cluster at {address}: nothing answers there ({exc.strerror or exc})",
+                          hint="start one with `ray start --head`, and give its address as HOST:PORT "
+                               "(or `auto` on a node of it)") from None
 
 
 def _why(exc: BaseException, host: str, port: int) -> str:
