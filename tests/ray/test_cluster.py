@@ -9,11 +9,13 @@ its own server (``warren --cluster``), so it starts with every node empty.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from ray.cluster_utils import Cluster
 
@@ -131,3 +133,17 @@ def test_a_node_killed_mid_stream_ends_the_stream_cleanly_and_the_model_comes_ba
     assert back["node"] not in (node, instance(srv, other)["node"])
     assert instance(srv, other)["state"] == "ready"  # the other model, on its own node, never noticed
 
+
+
+def test_the_supervisor_dying_leaves_no_actor_or_worker_behind(servers: Servers, cluster: Cluster) -> None:
+    """The agents are owned by the supervisor (a Ray driver): when it dies, Ray ends them, and their
+    workers with them (their parent's death, ``PR_SET_PDEATHSIG``; and their channel's EOF)."""
+    srv = start(servers, cluster, {"alpha": CONTEXT})
+    assert generate(srv, "alpha").status_code == 200
+    worker = psutil.Process(instance(srv, "alpha")["pid"])  # the nodes run on this machine: pids are ours to see
+    agent = worker.parent()
+    assert agent is not None and "warren.worker.child" in " ".join(worker.cmdline())
+    srv.process.send_signal(signal.SIGKILL)
+    srv.process.wait(30)
+    _, alive = psutil.wait_procs([worker, agent], timeout=NODE_TIMEOUT)
+    assert alive == [], f"still running after the supervisor died: {alive}"
