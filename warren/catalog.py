@@ -45,7 +45,7 @@ MODEL_FILE_SUFFIXES = (".gguf", ".kcpps", ".kcppt")
 # Keys that belong to the server, not to a model: a catalog entry or .kcpps cannot change them.
 SERVER_KEYS = ("port", "host", "password", "adminpassword", "admin", "admindir", "multiuser", "maxrequestsize",
                "defaultgenamt", "genlimit", "quiet", "debugmode", "nomodel", "config", "exportconfig", "analyze",
-               "maxconnections", "headertimeout", "bodytimeout")
+               "maxconnections", "headertimeout", "bodytimeout", "preloadstory", "chatcompletionsadapter")
 POLICY_KEYS = ("pinned", "keep_alive", "priority")
 
 

@@ -25,6 +25,7 @@ class ModelInfo:
     eos_token: str = ""
     add_bos: bool = False  # the tokenizer wants BOS prepended
     gpu_offload: bool = False  # the engine can offload layers to a GPU
+    flash_attention: str = ""  # "on", "off", or "auto" (left to llama.cpp): what the context runs with
     extra: dict[str, Any] = field(default_factory=dict)  # what an engine reports beyond these
 
     def as_wire(self) -> dict[str, Any]:

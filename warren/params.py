@@ -49,6 +49,26 @@ class GenerationParams:
     add_bos: bool = True  # prepend BOS when the model's tokenizer asks for it
     context_limit: int = 0  # 0: the model's context; KoboldCpp's max_context_length can lower it
     truncate_prompt: bool = False  # KoboldCpp drops the oldest prompt tokens; OpenAI refuses instead
+    # KoboldCpp's other samplers, carried from every dialect (warren/api/sampling.py); each default is "off"
+    top_a: float = 0.0
+    tfs: float = 1.0
+    nsigma: float = 0.0  # top-n-sigma
+    rep_pen_slope: float = 1.0
+    dynatemp_range: float = 0.0  # dynamic temperature: temperature ± range
+    dynatemp_exponent: float = 1.0
+    smoothing_factor: float = 0.0  # quadratic sampling
+    smoothing_curve: float = 1.0
+    dry_multiplier: float = 0.0  # DRY ("don't repeat yourself")
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 320
+    dry_sequence_breakers: tuple[str, ...] = ()
+    xtc_threshold: float = 0.2  # XTC ("exclude top choices")
+    xtc_probability: float = 0.0
+    sampler_order: tuple[int, ...] = ()  # KoboldCpp's ids; empty: the engine's own order
+    logprobs: bool = False  # report the chosen token's log-probability at each step
+    top_logprobs: int = 0  # and this many most likely alternatives
+    keep_text: str = ""  # the prompt starts with it (KoboldCpp's memory): a truncation keeps it, cutting after
 
     def check(self) -> None:
         """The bounds every dialect shares (``warren/bounds.py``, with their reasons); ``InvalidRequest`` (a
@@ -65,18 +85,20 @@ class GenerationParams:
 
     def as_wire(self) -> dict[str, Any]:
         data = asdict(self)
-        data["stop"] = list(self.stop)
-        data["banned_strings"] = list(self.banned_strings)
+        for name in _TUPLES:
+            data[name] = list(data[name])
         return data
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> GenerationParams:
         return cls(**{
             **data,
-            "stop": tuple(data.get("stop", ())),
-            "banned_strings": tuple(data.get("banned_strings", ())),
+            **{name: tuple(data[name]) for name in _TUPLES if name in data},
             "logit_bias": {int(k): float(v) for k, v in (data.get("logit_bias") or {}).items()},
         })
+
+
+_TUPLES = ("stop", "banned_strings", "dry_sequence_breakers", "sampler_order")  # lists on the wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +110,4 @@ class GenerationResult:
     prompt_seconds: float
     generation_seconds: float
     seed: int
+    cached_tokens: int = 0  # prompt tokens found in the cache (reused prefix, restored or shifted), not decoded

@@ -25,11 +25,12 @@ class ModelSettings:
     batch_size: int = 512
     use_mmap: bool = True
     use_mlock: bool = False
-    flash_attention: bool = False
+    flash_attention: str = "auto"  # "on", "off", or "auto": measured per model and CPU (warren/flash_attention.py)
     quant_kv: int = 0
     rope_freq_scale: float = 0.0  # 0 = the model's own value
     rope_freq_base: float = 0.0  # 0 = the model's own value
     parallel: int = 1  # requests served at once from one context (--parallelrequests): sequences in a batch
+    context_shift: bool = True  # KoboldCpp's ContextShift (--noshift turns it off): warren/worker/shift.py
     engine: str = "llama"  # "llama" in production; tests may name a fake engine ("module:factory")
 
     def as_wire(self) -> dict[str, Any]:
@@ -70,6 +71,8 @@ class ServerSettings:
     max_connections: int = 64  # requests served at once (warren/api/connections.py)
     header_timeout: float = 10.0  # seconds to send a request's headers
     body_timeout: float = 30.0  # seconds a body may pause between chunks
+    preload_story: str = ""  # --preloadstory: the story's JSON text, read at start-up (warren/story.py)
+    chat_adapter: str = "AutoGuess"  # --chatcompletionsadapter (warren/api/chat_format.py)
 
     @property
     def queue_limit(self) -> int:

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from warren import chat_adapters
 from warren.errors import ConfigError, ModelFileError
 from warren.gguf.reader import GGUFInfo, read_gguf
 from warren.options import BATCH_SIZE_CHOICES, CONTEXT_RANGE, DEFAULT_GEN_RANGE
 from warren.settings import ModelSettings, ServerSettings
+from warren.story import read_story
 from warren.units import parse_bytes, parse_duration
 
 CAP_IPC_LOCK = 14  # linux/capability.h: lets a process lock memory beyond RLIMIT_MEMLOCK
@@ -177,6 +179,12 @@ def rule_rope(ctx: RuleContext) -> Iterator[Finding]:
                   "for example --ropeconfig 0.5 10000; 0 keeps the model's own value")
 
 
+def rule_flash_attention(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.opts["flashattention"] and ctx.opts["noflashattention"]:
+        yield err("--flashattention and --noflashattention contradict each other",
+                  "give one of them, or neither to let warren measure which is faster")
+
+
 def rule_mmap_mlock(ctx: RuleContext) -> Iterator[Finding]:
     o = ctx.opts
     if o["usemmap"] and o["nommap"]:
@@ -231,6 +239,20 @@ def rule_passwords(ctx: RuleContext) -> Iterator[Finding]:
         value = ctx.opts[key]
         if value is not None and not str(value).strip():
             yield err(f"--{key} is empty", f"give a non-empty secret, or leave --{key} out")
+
+
+def rule_preload_story(ctx: RuleContext) -> Iterator[Finding]:
+    try:
+        read_story(ctx.opts["preloadstory"])
+    except ConfigError as exc:
+        yield err(exc.message, exc.hint)
+
+
+def rule_chat_adapter(ctx: RuleContext) -> Iterator[Finding]:
+    try:
+        chat_adapters.load(ctx.opts["chatcompletionsadapter"] or "")
+    except ConfigError as exc:
+        yield err(exc.message, exc.hint)
 
 
 def rule_admin_dir(ctx: RuleContext) -> Iterator[Finding]:
@@ -324,10 +346,11 @@ def rule_mlock_limit(ctx: RuleContext) -> Iterator[Finding]:
 
 RULES: tuple[Rule, ...] = (
     rule_context_size, rule_batch_size, rule_default_gen_amount, rule_gen_limit, rule_threads, rule_quant_kv,
-    rule_rope, rule_mmap_mlock, rule_port, rule_multiuser, rule_request_size, rule_connections, rule_parallel,
+    rule_rope, rule_flash_attention, rule_mmap_mlock, rule_port, rule_multiuser, rule_request_size, rule_connections, rule_parallel,
     rule_passwords,
     rule_admin_dir, rule_pool,
     rule_model_given, rule_model_file, rule_context_vs_training, rule_gpu_layers, rule_mlock_limit,
+    rule_preload_story, rule_chat_adapter,
 )
 
 
@@ -411,6 +434,8 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
         max_connections=o["maxconnections"],
         header_timeout=o["headertimeout"],
         body_timeout=o["bodytimeout"],
+        preload_story=read_story(o["preloadstory"]),
+        chat_adapter=o["chatcompletionsadapter"] or "AutoGuess",
     )
     model = None
     if ctx.gguf is not None:
@@ -426,9 +451,10 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
             batch_size=o["batchsize"],
             use_mmap=not o["nommap"],
             use_mlock=o["usemlock"],
-            flash_attention=o["flashattention"],
+            flash_attention="on" if o["flashattention"] else "off" if o["noflashattention"] else "auto",
             quant_kv=o["quantkv"],
             parallel=o["parallelrequests"],
+            context_shift=not o["noshift"],
             rope_freq_scale=scale,
             # KoboldCpp's default base (10000) means "the model's own" unless a scale is also given.
             rope_freq_base=float(rope[1]) if scale > 0 and len(o["ropeconfig"]) > 1 else 0.0,

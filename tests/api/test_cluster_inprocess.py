@@ -97,8 +97,10 @@ def last_error(dialect: str, body: str) -> Any:
 
 
 @pytest.mark.parametrize("dialect", STREAMS)
-async def test_a_node_killed_mid_stream_gives_a_clean_error_and_the_model_comes_back_elsewhere(dialect: str) -> None:
-    entries = [fake_entry("x", mib=200), fake_entry("m", "gated", mib=200)]
+async def test_a_node_killed_mid_stream_gives_a_clean_error_and_the_model_comes_back_elsewhere(
+        dialect: str, model_path: Path) -> None:
+    # "m" names a real GGUF (its engine is still the fake one): Ollama's routes read the file's chat format.
+    entries = [fake_entry("x", mib=200), at(fake_entry("m", "gated", mib=200), str(model_path))]
     async with cluster_app(entries) as app, app.client() as c:
         assert (await c.post("/m/x/api/v1/generate", json={"prompt": "x", "max_length": 3})).status_code == 200
         stream = asyncio.create_task(app.call("POST", *STREAMS[dialect]))

@@ -150,6 +150,8 @@ def test_per_model_prefix_for_ollama_clients(srv: Server) -> None:
 def test_openai_client_on_the_same_catalog(srv: Server) -> None:
     oai = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
     assert {m.id for m in oai.models.list().data} == {"alpha", "beta"}
+    with pytest.raises(openai.NotFoundError, match="model 'gpt-3.5-turbo' not found; available: alpha, beta"):
+        oai.completions.create(model="gpt-3.5-turbo", prompt="x", max_tokens=1)  # several models: names count
     for name in ("alpha", "beta", "alpha"):
         r = oai.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi!"}], max_tokens=8,
                                         temperature=0)
@@ -165,3 +167,11 @@ def test_openai_client_on_the_same_catalog(srv: Server) -> None:
             break
         time.sleep(0.05)
     assert states["beta"] == "ready" and states["alpha"] in ("unloaded", "parked"), states
+
+
+def test_a_server_of_one_model_answers_to_any_name(server: Server) -> None:
+    """KoboldCpp-style (one --model): whatever name an Ollama client sends, that model answers."""
+    client = ollama.Client(host=server.url)
+    r = client.generate(model="llama3.2", prompt="Hi", stream=False, options={"num_predict": 3})
+    assert r.eval_count == 3
+    assert client.show("llama3.2").details.family == "llama"  # the one model's own facts

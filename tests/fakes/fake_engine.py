@@ -82,8 +82,9 @@ class FakeEngine:
     def on_token(self, index: int) -> None:
         pass
 
-    def park(self) -> None:
+    def park(self, keep_state_bytes: int = -1) -> int:
         self.parks += 1
+        return 0
 
     def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
                  cancelled: Callable[[], bool]) -> GenerationResult:

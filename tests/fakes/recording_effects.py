@@ -21,6 +21,9 @@ class RecordingEffects:
     def stop(self, model: str, reason: str) -> None:
         self.calls.append(("stop", model, reason))
 
+    def drop_state(self, model: str) -> None:
+        self.calls.append(("drop_state", model))
+
     def grant(self, ticket: int, model: str) -> None:
         self.calls.append(("grant", ticket, model))
 

@@ -264,3 +264,45 @@ def test_a_parked_measurement_replaces_its_parked_bytes(fx: RecordingEffects) ->
     assert p.residents["a"].bytes == GB // 2
     p.measured("a", GB // 4, parked=True)
     assert p.residents["a"].bytes == GB // 4 and p.residents["a"].park_bytes == GB // 4
+
+
+# -- saved KV state -------------------------------------------------------------------------------------
+def test_a_kept_kv_state_counts_in_the_parked_bytes_and_goes_back_on_resume(fx: RecordingEffects) -> None:
+    p = PoolPolicy(fx, budget=3 * GB)
+    parkable(p, fx, "a", 2 * GB, GB // 2, now=0)
+    p.request(1, "b", 2 * GB, now=10)
+    assert fx.take()[0] == ("park", "a")
+    p.state_kept("a", GB // 4)
+    assert p.residents["a"].bytes == GB // 2 + GB // 4 and p.reserved == 2 * GB + 3 * GB // 4
+    p.measured("a", GB // 2 + GB // 4 + 1, parked=True)  # the measurement includes the state
+    assert p.residents["a"].park_bytes == GB // 2 + 1
+    ready(p, "b", 11)
+    p.released("b", 11)
+    p.request(2, "a", 2 * GB, now=20)  # resumed: the state is in its new context, counted in its need
+    assert fx.take() == [("load", "a", ("b",)), ("grant", 2, "a")]
+    assert p.residents["a"].state_bytes == 0 and p.residents["a"].bytes == 2 * GB
+
+
+def test_states_are_dropped_least_recently_used_first_when_that_makes_the_room(fx: RecordingEffects) -> None:
+    p = PoolPolicy(fx, budget=4 * GB)
+    parkable(p, fx, "a", GB, GB // 4, now=0)
+    parkable(p, fx, "b", GB, GB // 4, now=10)
+    # Park both by hand, each with a state of half a GB (a used first).
+    for name in ("a", "b"):
+        p.residents[name].phase = InstanceState.PARKED
+        p.residents[name].bytes = GB // 4
+        p.state_kept(name, GB // 2)
+    assert p.reserved == 3 * GB // 2
+    p.request(1, "c", 3 * GB, now=20)  # 1/2 GB short: a's state (the older) is enough
+    assert fx.take() == [("drop_state", "a"), ("load", "c", ()), ("grant", 1, "c")]
+    assert p.residents["a"].phase is p.residents["b"].phase is InstanceState.PARKED
+    assert p.residents["a"].state_bytes == 0 and p.residents["b"].state_bytes == GB // 2
+
+
+def test_states_are_not_dropped_when_that_is_not_enough(fx: RecordingEffects) -> None:
+    p = PoolPolicy(fx, budget=4 * GB)
+    parkable(p, fx, "a", GB, GB // 4, now=0)
+    p.residents["a"].phase, p.residents["a"].bytes = InstanceState.PARKED, GB // 4
+    p.state_kept("a", GB // 4)
+    p.request(1, "c", 4 * GB, now=20)  # needs everything: a goes whole, its state with it
+    assert fx.take() == [("load", "c", ("a",)), ("grant", 1, "c")]

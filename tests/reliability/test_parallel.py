@@ -72,11 +72,14 @@ def test_stop_strings_lengths_and_grammars_apply_to_their_own_request_only(srv: 
         t.start()
     for t in threads:
         t.join(120)
-    full = generate(srv, PROMPTS[0])["text"]
-    assert results["long"]["text"] == full
-    assert full.startswith(results["stop"]["text"])  # KoboldCpp calls a stop string's end "length" too
-    assert " the" not in results["stop"]["text"] and len(results["stop"]["text"]) < len(full)
+    # The same prompt in one batch: the sequences compute alike until their own rules end them, so the long
+    # one is the reference (a solo run may differ in the last bits of the logits: batched vs one-token decode).
+    full = results["long"]["text"]
+    assert results["long"]["finish_reason"] == "length" and len(full) > len(results["stop"]["text"])
+    assert full.startswith(results["stop"]["text"]) and " the" in full[len(results["stop"]["text"]):]
+    assert " the" not in results["stop"]["text"]  # its stop string ended it (KoboldCpp calls that "length" too)
     assert results["short"]["finish_reason"] == "length" and full.startswith(results["short"]["text"])
+    assert tokens(srv, results["short"]["text"]) <= 4
     assert results["grammar"]["text"] in ("The answer is yes.", "The answer is no.")  # its own grammar only
 
 

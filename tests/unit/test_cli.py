@@ -56,7 +56,8 @@ def test_check_prints_the_plan(model_path: Path) -> None:
     result = warren("--check", "--model", str(model_path), "--contextsize", "2048", "--port", str(free_port()))
     assert result.returncode == 0, result.stderr
     for words in ("active model SmolLM2-135M-Instruct.Q4_1", "context 2048", "weights", "KV", "compute",
-                  "worker", "total", "parked", "memory budget", "fit together in the budget: SmolLM2-135M-Instruct.Q4_1"):
+                  "worker", "total", "parked", "KV state", "memory budget",
+                  "fit together in the budget: SmolLM2-135M-Instruct.Q4_1"):
         assert words in result.stdout
     # The engine is proven, not assumed: version, what the build uses, GPU offload, and a probe decode.
     assert "engine: llama-cpp-python 0.3.36" in result.stdout

@@ -51,6 +51,8 @@ ROWS: list[tuple[str, dict[str, Any], set[str], Environment, Level, str, dict[st
     ("negative multiuser", {"multiuser": -2}, set(), NO_LIMIT, Level.ERROR, "--multiuser -2", {}),
     ("request size", {"maxrequestsize": 0}, set(), NO_LIMIT, Level.ERROR, "--maxrequestsize 0", {}),
     ("parallel requests", {"parallelrequests": 0}, set(), NO_LIMIT, Level.ERROR, "--parallelrequests 0", {}),
+    ("flash attention both ways", {"flashattention": True, "noflashattention": True}, set(), NO_LIMIT, Level.ERROR,
+     "--flashattention and --noflashattention contradict", {}),
     ("empty password", {"password": ""}, set(), NO_LIMIT, Level.ERROR, "--password is empty", {}),
     ("blank admin password", {"adminpassword": "  "}, set(), NO_LIMIT, Level.ERROR, "--adminpassword is empty", {}),
     ("admin without dir", {"admin": True}, set(), NO_LIMIT, Level.WARNING, "admin mode stays off", {"admin": False}),
@@ -126,7 +128,7 @@ def test_a_valid_configuration_becomes_settings(model_path: Path) -> None:
                          ropeconfig=[0.5, 20000.0]), env=NO_LIMIT)
     assert plan.model is not None
     m = plan.model
-    assert (m.context_size, m.threads, m.batch_threads, m.flash_attention, m.quant_kv) == (4096, 3, 3, True, 1)
+    assert (m.context_size, m.threads, m.batch_threads, m.flash_attention, m.quant_kv) == (4096, 3, 3, "on", 1)
     assert (m.rope_freq_scale, m.rope_freq_base) == (0.5, 20000.0)
     assert m.use_mmap and not m.use_mlock
     assert plan.server.host == "127.0.0.1" and plan.server.queue_limit == 6

@@ -25,6 +25,7 @@ from warren.api.errors import install_error_handlers
 from warren.api.kobold.genkeys import GenKeys
 from warren.api.kobold.routes import router as kobold_router
 from warren.api.limits import BodyLimit, JsonBodies
+from warren.api.llamacpp import router as llamacpp_router
 from warren.api.metrics import router as metrics_router
 from warren.api.ollama.routes import router as ollama_router
 from warren.api.openai.routes import router as openai_router
@@ -67,7 +68,7 @@ def create_app(pool: Pool, *, preload: bool = True) -> FastAPI:
     app.state.serving = Serving(pool)
     app.state.genkeys = GenKeys()  # KoboldCpp's generate/check and abort (warren/api/kobold/genkeys.py)
     install_error_handlers(app)
-    for router in (kobold_router, openai_router, ollama_router):
+    for router in (kobold_router, openai_router, ollama_router, llamacpp_router):
         app.include_router(router)
         app.include_router(router, prefix="/m/{model_name}")
     for router in (admin_router, metrics_router, status_router):

@@ -1,9 +1,10 @@
-"""Render chat messages with the model's own chat template (the GGUF's ``tokenizer.chat_template``).
+"""Render chat messages with a Jinja chat template (which one: ``warren/api/chat_format.py``).
 
 Templates are Jinja written for Hugging Face's ``apply_chat_template``; they run in a sandbox (a
 template is data from a model file, not trusted code) with the same helpers HF provides
 (``raise_exception``, ``strftime_now``) and the model's BOS/EOS strings, which the worker reports in
-its ``Ready`` frame. Models without a template get ChatML, which most instruct models understand.
+its ``Ready`` frame. Without a template (``None``) ChatML is used; ``chat_format`` only gets there when
+nothing better is known.
 """
 
 from __future__ import annotations

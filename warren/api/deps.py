@@ -11,8 +11,9 @@ import hmac
 from fastapi import Request
 from starlette.datastructures import Headers
 
-from warren.errors import Unauthorized
+from warren.errors import ModelNotFound, Unauthorized
 from warren.pool.instance import ModelInstance
+from warren.pool.lease import split_handle
 from warren.pool.pool import Pool
 from warren.settings import ServerSettings
 
@@ -25,6 +26,22 @@ def get_pool(request: Request) -> Pool:
 def model_from_path(request: Request) -> str | None:
     name = request.path_params.get("model_name")
     return str(name) if name else None
+
+
+def client_model(pool: Pool, name: str | None) -> str | None:
+    """The model a client's ``model`` field asks for (OpenAI, Ollama). A server of one model serves it whatever
+    the name, as KoboldCpp and llama-server do: many apps hard-code ``gpt-3.5-turbo``. With several models
+    a name must be one of them (a 404 that lists them); a handle (``name@N``) is always taken exactly."""
+    if not name:
+        return None
+    try:
+        pool.catalog.get(split_handle(name)[0])
+    except ModelNotFound:
+        entries = pool.catalog.entries
+        if len(entries) == 1 and split_handle(name)[1] is None:
+            return next(iter(entries))
+        raise
+    return name
 
 
 def get_instance(request: Request) -> ModelInstance:

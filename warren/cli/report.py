@@ -23,7 +23,9 @@ def _estimate_lines(est: MemoryEstimate) -> list[str]:
     return [f"  weights       {_mib(est.weights):>14}", f"  KV cache      {_mib(est.kv_cache):>14}",
             f"  compute       {_mib(est.compute):>14}", f"  vocabulary    {_mib(est.vocabulary):>14}",
             f"  worker base   {_mib(est.worker_base):>14}",
-            f"  total         {_mib(est.total):>14}", f"  parked        {_mib(est.parked):>14}  (kept by an evicted, parked instance)"]
+            f"  total         {_mib(est.total):>14}", f"  parked        {_mib(est.parked):>14}  (kept by an evicted, parked instance)",
+            f"  + KV state    {_mib(est.kv_cache):>14}  (at most: a parked instance's saved conversation, "
+            "counted while kept, dropped first when the budget needs room)"]
 
 
 def window_note(info: GGUFInfo, est: MemoryEstimate) -> str | None:
@@ -76,7 +78,7 @@ def print_plan(plan: Plan, catalog: Catalog) -> None:
         print(f"active model {m.name}: {m.path}")
         print(f"  context {m.context_size}, threads {m.threads}/{m.batch_threads}, batch {m.batch_size}, gpu layers "
               f"{m.gpu_layers}, mmap {'on' if m.use_mmap else 'off'}, mlock {'on' if m.use_mlock else 'off'}, "
-              f"flash attention {'on' if m.flash_attention else 'auto'}, KV type "
+              f"flash attention {m.flash_attention}, KV type "
               f"{('f16', 'q8_0', 'q4_0')[m.quant_kv]}, requests at once {m.parallel}"
               + (" (sharing one cache of the context's size)" if m.parallel > 1 else ""))
     else:
@@ -94,7 +96,8 @@ def print_plan(plan: Plan, catalog: Catalog) -> None:
         flags = " pinned" if entry.pinned else ""
         print(f"  {entry.name:<28} total {_mib(e.total):>11}  (weights {_mib(e.weights)}, KV {_mib(e.kv_cache)}, "
               f"compute {_mib(e.compute)}, vocabulary {_mib(e.vocabulary)}, worker {_mib(e.worker_base)}; "
-              f"parked {_mib(e.parked)}){flags}")
+              f"parked {_mib(e.parked)} + KV state up to {_mib(e.kv_cache if entry.settings and entry.settings.parallel <= 1 else 0)})"
+              f"{flags}")
         note = window_note(catalog.gguf_info(entry), e) if e.window_saving else None
         if note:
             print(f"    sliding window: {note}")

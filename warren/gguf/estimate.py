@@ -42,6 +42,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from warren import flash_attention
 from warren.gguf.attention import AttentionLayout, attention_layout
 from warren.gguf.reader import GGUFInfo
 from warren.settings import ModelSettings
@@ -180,7 +181,9 @@ def estimate_memory(info: GGUFInfo, *, context_size: int, batch_size: int = 512,
 
 def estimate_args(settings: ModelSettings) -> dict[str, Any]:
     """``estimate_memory``'s settings for a worker loaded with ``settings``, as the worker creates its
-    context (``warren/worker/engine.py``): V is quantised only with flash attention forced on, which
-    otherwise llama.cpp's "auto" turns on anyway."""
+    context (``warren/worker/engine.py``): V is quantised only with flash attention forced on; whether it
+    runs with flash attention at all (which changes the compute buffer) is forced, or measured on this CPU
+    (``warren/flash_attention.py``)."""
     return {"context_size": settings.context_size, "batch_size": settings.batch_size, "quant_kv": settings.quant_kv,
-            "quant_v": settings.quant_kv if settings.flash_attention else 0, "parallel": settings.parallel}
+            "quant_v": settings.quant_kv if settings.flash_attention == "on" else 0, "parallel": settings.parallel,
+            "flash_attention": flash_attention.expected(settings)}

@@ -51,10 +51,13 @@ _U64 = struct.Struct("<Q")
 
 @dataclass(frozen=True, slots=True)
 class SkippedArray:
-    """An array whose body was skipped: only its element type and length are known."""
+    """An array whose body was skipped: its element type, its length, and where its body lies in the file
+    (``start``/``end`` byte offsets, for a reader that wants one look at it: ``warren/gguf/tokens.py``)."""
 
     element_type: str
     count: int
+    start: int = field(default=0, compare=False)
+    end: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +268,7 @@ def _read_value(cur: _Cursor, vtype: gguf.GGUFValueType, key: str) -> Any:
             return values
         if count <= SMALL_ARRAY and etype == gguf.GGUFValueType.STRING:
             return [_read_value(cur, etype, key) for _ in range(count)]
+        start = cur.pos
         if etype == gguf.GGUFValueType.STRING:
             cur.skip_strings(count, f"the strings of {key!r}")
         elif etype in _SCALAR_STRUCTS:
@@ -274,7 +278,7 @@ def _read_value(cur: _Cursor, vtype: gguf.GGUFValueType, key: str) -> Any:
         else:
             for _ in range(count):  # nested arrays are rare; walk them
                 _read_value(cur, etype, key)
-        return SkippedArray(etype.name, count)
+        return SkippedArray(etype.name, count, start, cur.pos)
     st = _SCALAR_STRUCTS.get(vtype)
     if st is None:
         raise ModelFileError(f"{cur.path}: metadata key {key!r} has unsupported type {vtype.name}")

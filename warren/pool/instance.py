@@ -164,14 +164,20 @@ class ModelInstance:
     def parked(self) -> bool:
         return self.state is InstanceState.PARKED and self.handle is not None and self.handle.alive
 
-    def park(self) -> Awaitable[None]:
+    def park(self, keep_state_bytes: int = -1) -> Awaitable[int]:
         """Parked from now on (no request or load sees it ready); the worker frees its context and
-        weights' pages when it gets to the returned request. A later ``load`` resumes it: same worker,
-        same handle, a new context."""
+        weights' pages when it gets to the returned request, keeping its KV state if it takes at most
+        ``keep_state_bytes`` (the request's result: the bytes kept). A later ``load`` resumes it: same worker,
+        same handle, a new context (with the state put back)."""
         handle = self.require_ready()
         self.state = InstanceState.PARKED
         log.info("parking model=%s handle=%s pid=%s", self.name, self.handle_id, handle.pid)
-        return handle.park()
+        return handle.park(keep_state_bytes)
+
+    async def drop_state(self) -> None:
+        """A parked worker frees the KV state it kept."""
+        if self.parked and self.handle is not None:
+            await self.handle.drop_state()
 
     async def _start(self, spare: WorkerHandle | None, prefault_bytes: int, prefault_after: Sequence[int],
                      node: str = LOCAL, reserve: int = 0) -> WorkerHandle:
@@ -221,8 +227,13 @@ class ModelInstance:
         self.loads += 1
         if not resuming:
             self._watcher = asyncio.create_task(self._watch(handle), name=f"watch-{self.name}")
-        log.info("model %s model=%s handle=%s pid=%s load_s=%.2f total_s=%.2f", "resumed" if resuming else "ready",
-                 self.name, self.handle_id, handle.pid, handle.load_seconds, time.perf_counter() - started)
+        info = handle.model_info
+        measured = info.extra.get("flash_attention_measured") if info is not None else None
+        log.info("model %s model=%s handle=%s pid=%s load_s=%.2f total_s=%.2f flash_attention=%s%s",
+                 "resumed" if resuming else "ready", self.name, self.handle_id, handle.pid, handle.load_seconds,
+                 time.perf_counter() - started, info.flash_attention if info is not None else "?",
+                 f" (measured tokens/s at {measured['depth']} of context: on {measured['on']:.1f}, off "
+                 f"{measured['off']:.1f})" if measured else "")
         return handle
 
     async def _watch(self, handle: WorkerHandle) -> None:
@@ -386,4 +397,5 @@ class ModelInstance:
 
 def _result(done: p.Done) -> GenerationResult:
     return GenerationResult(done.text, FinishReason(done.finish_reason), done.prompt_tokens,
-                            done.completion_tokens, done.prompt_seconds, done.generation_seconds, done.seed)
+                            done.completion_tokens, done.prompt_seconds, done.generation_seconds, done.seed,
+                            done.cached_tokens)

@@ -56,12 +56,13 @@ class Footprints:
             return 0
         return self.parked.get(entry.name) or entry.estimate.parked
 
-    def record(self, model: str, footprint: Footprint, *, parked: bool) -> bool:
+    def record(self, model: str, footprint: Footprint, *, parked: bool, state: int = 0) -> bool:
         """Keep a measurement; True when watchers should hear of it (always for a parked one; for a loaded
-        one when the largest moved by more than a MiB)."""
+        one when the largest moved by more than a MiB). ``state``: the saved KV state a parked worker holds,
+        which is not what its next park will keep (that depends on its conversation then)."""
         self.gpu[model] = footprint.gpu
         if parked:
-            self.parked[model] = max(footprint.total, self.parked.get(model, 0))
+            self.parked[model] = max(footprint.total - state, self.parked.get(model, 0))
             return True
         before = self.loaded.get(model, 0)
         self.loaded[model] = max(footprint.total, before)

@@ -25,6 +25,12 @@ new worker and model load: ~60 ms instead of ~150 ms for the default model here.
 count their parked bytes, take no ``--max-models`` slot, are the first to go when room is needed
 (then they are stopped, never parked again), and are stopped by keep-alive and explicit unloads like
 any idle instance: parking never keeps memory that the budget or the user wants back.
+
+Saved KV state: a parked worker may also keep its conversation's KV cells (``warren/worker/kvstate.py``),
+``state_bytes`` of them, counted in its ``bytes`` (``state_kept``). When an admission lacks only memory and
+dropping saved states (least recently used first) makes enough room, those states are dropped
+(``drop_state``) and their workers stay parked; otherwise eviction goes on as before (a stopped worker's
+state goes with it).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class Resident:
     park_bytes: int = 0  # what it would keep parked; 0: it cannot be parked
     node: str = LOCAL  # where it was placed: it counts against that node's budget
     threads: int = 0  # compute threads it holds there (counted where the node reserves threads)
+    state_bytes: int = 0  # parked: the saved KV state it keeps (part of ``bytes``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,9 @@ class Effects(Protocol):
 
     def stop(self, model: str, reason: str) -> None:
         """Stop the model's worker; ends in ``exited``."""
+
+    def drop_state(self, model: str) -> None:
+        """A parked worker frees the KV state it kept (``Resident.state_bytes``)."""
 
     def grant(self, ticket: int, model: str) -> None:
         """The request may proceed on ``model`` (it may still be loading: the request joins the load)."""
@@ -210,7 +220,14 @@ class PoolPolicy:
         if r is not None and r.phase is (InstanceState.PARKED if parked else InstanceState.READY) and footprint > 0:
             r.bytes = footprint
             if parked:
-                r.park_bytes = footprint
+                r.park_bytes = max(footprint - r.state_bytes, 0)  # what parking itself keeps, without the state
+
+    def state_kept(self, model: str, state_bytes: int) -> None:
+        """A parked worker kept ``state_bytes`` of KV state: counted in its bytes until dropped or resumed."""
+        r = self.residents.get(model)
+        if r is not None and r.phase is InstanceState.PARKED and state_bytes > 0:
+            r.bytes += state_bytes - r.state_bytes
+            r.state_bytes = state_bytes
 
     def exited(self, model: str, now: float) -> None:
         """The model's worker is gone (stopped on purpose, or crashed)."""
@@ -279,7 +296,8 @@ class PoolPolicy:
             r.unload_reason = ""
             self.effects.grant(w.ticket, model)
             return True
-        own = r.bytes if r is not None else 0  # a parked instance grows from what it holds already
+        own = r.bytes - r.state_bytes if r is not None else 0  # a parked instance grows from what it holds
+        self._drop_states(w.need - own - (self.budget - self.reserved), keep=model)  # (one machine: parking)
         choice = choose(self._options(w, r))
         if choice is None:
             return False
@@ -297,6 +315,7 @@ class PoolPolicy:
                                              park_bytes=w.park_need, node=node, threads=w.threads)
         else:
             r.phase, r.bytes, r.in_flight, r.last_used, r.unload_reason = InstanceState.LOADING, w.need, 1, now, ""
+            r.state_bytes = 0  # resuming: its state goes into the new context
         for name in parked:
             self.effects.park(name)
         self.effects.start_load(model, [v for v in victims if v not in parked])
@@ -310,7 +329,7 @@ class PoolPolicy:
             nodes = [parked.node] if parked.node in self.nodes else []
         else:
             nodes = [n for n in self.nodes if w.nodes is None or n in w.nodes]
-        own = parked.bytes if parked is not None else 0
+        own = parked.bytes - parked.state_bytes if parked is not None else 0
         options = []
         for node in nodes:
             candidates = [Candidate(c.name, c.bytes, c.last_used, c.reload_seconds, c.priority,
@@ -329,6 +348,22 @@ class PoolPolicy:
                 options.append(Option(node, tuple(victims), reserved / budget if budget else 1.0,
                                       self.last_node.get(w.model) == node, recency))
         return options
+
+    def _drop_states(self, short: int, keep: str) -> None:
+        """Drop saved KV states of parked instances, least recently used first, when that alone covers the
+        ``short`` bytes an admission lacks (else eviction decides, and stopped workers take theirs along).
+        A state is cheaper to lose than a worker: losing it costs one prompt's decode on the next turn."""
+        holders = sorted((r for r in self.residents.values() if r.phase is InstanceState.PARKED and r.state_bytes
+                          and r.name != keep), key=lambda r: r.last_used)
+        if short <= 0 or sum(r.state_bytes for r in holders) < short or self._slots_free() < 1:
+            return  # nothing lacking, not enough to drop, or an instance must go for its slot anyway
+        for r in holders:
+            if short <= 0:
+                break
+            short -= r.state_bytes
+            r.bytes -= r.state_bytes
+            r.state_bytes = 0
+            self.effects.drop_state(r.name)
 
     def _park_some(self, victims: list[str], room: int) -> set[str]:
         """Which ready victims to park rather than stop: the most recently used first (the likeliest to

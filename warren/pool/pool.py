@@ -12,6 +12,7 @@ operator's actions (load, unload, activate) and the periodic tick. Each other jo
 | one model's worker, its queue and its crash report | ``warren/pool/instance.py`` |
 | crash counting, quarantine, restart back-off | ``warren/pool/crashes.py`` (+ ``culprits.py``) |
 | the warm spare | ``warren/pool/spare.py`` |
+| a parked model's saved KV state | the worker keeps it (``warren/worker/kvstate.py``); the policy counts it |
 | memory measurement | ``warren/pool/memory.py`` |
 | the status view and its events | ``warren/pool/status.py`` (+ ``events.py``, ``state.py``) |
 | background tasks | ``warren/pool/tasks.py`` |
@@ -316,12 +317,27 @@ class Pool:
         try:
             if instance is None:
                 raise WarrenError(f"model {model!r} has no instance")
-            request = instance.park()  # parked from now on, synchronously: nothing sees it ready any more
+            # Its KV state may take what the budget has left once it is parked (the policy counted that already).
+            room = max(0, self.policy.budget - self.policy.reserved)
+            request = instance.park(room)  # parked from now on, synchronously: nothing sees it ready any more
         except WarrenError as exc:
             self._park_failed(model, exc)
             return
         self.evictions[model] = self.evictions.get(model, 0) + 1
         self.tasks.spawn(self._park(instance, request), f"park-{model}")
+
+    def drop_state(self, model: str) -> None:
+        instance = self.instances.get(model)
+        if instance is not None:
+            log.info("dropping the saved KV state of model=%s: the budget needs the room", model)
+            self.tasks.spawn(self._drop_state(instance), f"drop-state-{model}")
+
+    async def _drop_state(self, instance: ModelInstance) -> None:
+        try:
+            await instance.drop_state()
+        except WarrenError as exc:  # the state stays uncounted: the next measurement sees what is left
+            log.warning("could not drop the KV state of model=%s error=%s", instance.name, exc.message)
+        self.view.publish(instance, "measured")
 
     def grant(self, ticket: int, model: str) -> None:
         future = self._tickets.get(ticket)
@@ -391,12 +407,15 @@ class Pool:
         self.view.publish(instance, "ready")
         self.spare.ensure()
 
-    async def _park(self, instance: ModelInstance, request: Awaitable[None]) -> None:
+    async def _park(self, instance: ModelInstance, request: Awaitable[int]) -> None:
         try:
-            await request
+            state_bytes = await request
         except WarrenError as exc:
             self._park_failed(instance.name, exc)
             return
+        if state_bytes:
+            log.info("parked with its KV state model=%s state_mib=%.1f", instance.name, state_bytes / 2**20)
+            self.policy.state_kept(instance.name, state_bytes)
         self.view.publish(instance, "parked")
         assert instance.handle is not None
         self.meter.soon(instance.name, instance.handle, parked=True)
@@ -442,7 +461,9 @@ class Pool:
     def _measured(self, model: str, footprint: Footprint, parked: bool) -> None:
         """A worker's footprint was measured (``warren/pool/memory.py``): keep it for the entry's next
         load, tell the policy the current one, make room by stopping the spare, tell watchers."""
-        moved = self.footprints.record(model, footprint, parked=parked)
+        resident = self.policy.residents.get(model)
+        state = resident.state_bytes if parked and resident is not None else 0
+        moved = self.footprints.record(model, footprint, parked=parked, state=state)
         instance = self.instances.get(model)
         held = instance.handle.reserve if instance is not None and instance.handle is not None else 0
         self.policy.measured(model, max(footprint.total, held), parked=parked)  # (module docstring: Ray)

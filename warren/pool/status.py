@@ -42,8 +42,9 @@ class StatusView:
         measured = sum(pool.footprints.loaded.get(n, 0) for n, r in residents.items()
                        if r.phase is InstanceState.READY)
         parked = sum(r.bytes for r in residents.values() if r.phase is InstanceState.PARKED)
+        kv_state = sum(r.state_bytes for r in residents.values() if r.phase is InstanceState.PARKED)
         return {"budget": pool.policy.budget, "reserved": pool.policy.reserved, "measured": measured,
-                "parked": parked, "spare": pool.spare.bytes}
+                "parked": parked, "kv_state": kv_state, "spare": pool.spare.bytes}
 
     def describe(self, name: str) -> dict[str, Any]:
         pool = self.pool
@@ -66,7 +67,9 @@ class StatusView:
             "memory": {"estimate": entry.estimate.as_dict() if entry and entry.estimate else None,
                        "measured": pool.footprints.loaded.get(name) if resident else None,
                        "gpu": pool.footprints.gpu.get(name) if resident and pool.launcher.reports_gpu else None,
-                       "reserved": resident.bytes if resident else 0},
+                       "reserved": resident.bytes if resident else 0,
+                       # a parked worker's saved KV state (part of "reserved"; warren/worker/kvstate.py)
+                       "kv_state": resident.state_bytes if resident else 0},
             "in_flight": resident.in_flight if resident else 0,
             "pinned": bool(resident and resident.pinned) or bool(entry and entry.pinned),
             "keep_alive": keep,

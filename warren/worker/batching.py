@@ -39,6 +39,7 @@ from warren.worker.stops import StopMatcher
 
 STEP_STRETCH = 2.5  # a step that prefills may take this many times a decode-only step
 MIN_CHUNK = 8  # prompt tokens a prefilling sequence adds at least per step
+FIRST_CHUNK = 32  # ... and in its first step beside running streams, before the cost of a prompt token is known
 
 
 @dataclass(eq=False)
@@ -55,6 +56,7 @@ class Running:
     seed: int
     max_new: int
     read: int = 0  # prompt tokens in the cache so far
+    reused: int = 0  # of which found in the cache at admission (not decoded)
     pending: int | None = None  # the token sampled last, to be decoded next step
     n_new: int = 0
     stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
@@ -80,6 +82,7 @@ class BatchRunner:
         self.batch = L.llama_batch_init(self.capacity, 0, 1)
         self.decode_step = 0.0  # running average of a decode-only step, seconds
         self.per_prompt_token = 0.0  # running average cost of one prompt token in a step, seconds
+        self.chunk = FIRST_CHUNK  # prompt tokens read in the last step beside running streams
 
     def close(self) -> None:
         self.fail_all(WarrenError("the worker is shutting this context down"))
@@ -129,7 +132,7 @@ class BatchRunner:
         sampler = engine._sampler(params, seed)
         window = min(params.context_limit or engine.n_ctx, engine.n_ctx)
         slot.running = Running(request_id, params, tokens, emit, cancelled, finish, sampler, seed,
-                               max_new=min(params.max_tokens, window - len(tokens)), read=n_keep,
+                               max_new=min(params.max_tokens, window - len(tokens)), read=n_keep, reused=n_keep,
                                stops=StopMatcher(params.stop, params.trim_stop))
 
     # -- one step -----------------------------------------------------------------------------------------
@@ -157,8 +160,10 @@ class BatchRunner:
             slot.cached.append(r.pending)
             n += 1
         budget = self.capacity - n
-        if decoding and self.per_prompt_token > 0:  # keep the running streams flowing
-            budget = min(budget, max(MIN_CHUNK, int(self.decode_step * (STEP_STRETCH - 1) / self.per_prompt_token)))
+        if decoding:  # keep the running streams flowing: a small first chunk, then what the costs allow
+            fits = FIRST_CHUNK if self.per_prompt_token == 0 or self.decode_step == 0 else \
+                max(MIN_CHUNK, int(self.decode_step * (STEP_STRETCH - 1) / self.per_prompt_token))
+            budget = min(budget, fits, 2 * self.chunk)  # growing at most twofold a step: one noisy step is no guide
         prompt_tokens = 0
         for slot in reading:
             r = slot.running
@@ -177,6 +182,8 @@ class BatchRunner:
             r.read += take
             prompt_tokens += take
         batch.n_tokens = n
+        if decoding and prompt_tokens:
+            self.chunk = prompt_tokens
         began = time.perf_counter()
         rc = L.llama_decode(engine.ctx, batch)
         seconds = time.perf_counter() - began
@@ -241,7 +248,7 @@ class BatchRunner:
         prompt_done = r.prompt_done or now
         return GenerationResult(text=r.stops.text, finish_reason=reason, prompt_tokens=len(r.tokens),
                                 completion_tokens=r.n_new, prompt_seconds=prompt_done - r.started,
-                                generation_seconds=now - prompt_done, seed=r.seed)
+                                generation_seconds=now - prompt_done, seed=r.seed, cached_tokens=r.reused)
 
     def _end(self, slot: Slot, outcome: GenerationResult | WarrenError) -> None:
         r = slot.running

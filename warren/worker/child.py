@@ -229,7 +229,12 @@ class Worker:
             park = getattr(self.engine, "park", None)
             if park is None:
                 raise InvalidRequest("this worker's engine cannot park")
-            park()
+            kept = park(frame.keep_state_bytes)
+            return p.Result(id=frame.id, value={"state_bytes": int(kept or 0)})
+        if isinstance(frame, p.DropState):
+            drop = getattr(self.engine, "drop_state", None)
+            if drop is not None:
+                drop()
             return p.Result(id=frame.id, value=None)
         if isinstance(frame, p.Tokenize):
             return p.Result(id=frame.id, value=self.engine.tokenize(frame.text, frame.special))
@@ -280,7 +285,7 @@ class Worker:
 def _done(request_id: int, r: GenerationResult) -> p.Done:
     return p.Done(id=request_id, text=r.text, finish_reason=r.finish_reason.value, prompt_tokens=r.prompt_tokens,
                   completion_tokens=r.completion_tokens, prompt_seconds=r.prompt_seconds,
-                  generation_seconds=r.generation_seconds, seed=r.seed)
+                  generation_seconds=r.generation_seconds, seed=r.seed, cached_tokens=r.cached_tokens)
 
 
 def load_engine(spec: str) -> Engine:

@@ -22,9 +22,11 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from typing import Any
 import llama_cpp as L
 import numpy as np
 
+from warren import flash_attention
 from warren.bounds import GRAMMAR_STEP_SECONDS
 from warren.errors import (
     GrammarRejected,
@@ -47,6 +50,7 @@ from warren.grammar import check_gbnf, check_schema
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
+from warren.worker import flash_probe, kvstate, shift
 from warren.worker.batching import BatchRunner
 from warren.worker.parking import drop_file_pages, trim_heap
 from warren.worker.prefault import Prefault
@@ -204,8 +208,14 @@ class LlamaEngine:
         self.threads_wanted: tuple[int, tuple[int, ...]] | None = None  # the pool's share (SetThreads), if any
         self.share_changed = threading.Condition()  # a new share, or a Cancel, for a worker paused by the pool
         self.parallel = 1  # sequences in the context (--parallelrequests)
+        self.flash: bool | None = None  # flash attention in the current context (None: llama.cpp's auto)
+        self.flash_measured: flash_attention.Measured | None = None
         self.runner: BatchRunner | None = None  # stepping them, when there are several
         self.threads_applied: tuple[int, tuple[int, ...]] | None = None
+        self.context_shift = False  # ContextShift on for this context (asked, and the cache can shift)
+        self.shift_refused_said = False  # "cannot shift" is logged once per worker
+        self.context_key: tuple[Any, ...] = ()  # what the context's cells depend on (``kvstate.state_key``)
+        self.saved: kvstate.SavedState | None = None  # the sequences kept while parked (``kvstate.py``)
 
     @staticmethod
     def build_info() -> dict[str, Any]:
@@ -265,12 +275,12 @@ class LlamaEngine:
         cp.kv_unified = self.parallel > 1  # the sequences share the context's cells: memory of one context
         cp.n_threads = settings.threads
         cp.n_threads_batch = settings.batch_threads or settings.threads
-        # --flashattention forces it on; without the flag llama.cpp decides (on where the backend supports it,
-        # which on CPU is faster per token and smaller), rather than KoboldCpp's "off".
-        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attention else \
-            L.LLAMA_FLASH_ATTN_TYPE_AUTO
+        # --flashattention forces it on, --noflashattention off; otherwise it is what decodes faster here.
+        self.flash = self._flash_attention(settings)
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_AUTO if self.flash is None else \
+            L.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.type_k = KV_TYPES[settings.quant_kv]
-        cp.type_v = KV_TYPES[settings.quant_kv] if settings.flash_attention else L.GGML_TYPE_F16
+        cp.type_v = KV_TYPES[settings.quant_kv] if settings.flash_attention == "on" else L.GGML_TYPE_F16
         if settings.rope_freq_base > 0:
             cp.rope_freq_base = settings.rope_freq_base
         if settings.rope_freq_scale > 0:
@@ -284,6 +294,12 @@ class LlamaEngine:
             raise WorkerLoadFailed(f"llama.cpp could not create a context of {settings.context_size} tokens "
                                    f"for {settings.path} (out of memory?)")
         self.n_ctx = L.llama_n_ctx(self.ctx)
+        self.context_shift = settings.context_shift and shift.can_shift(self.ctx)
+        if settings.context_shift and not self.context_shift and not self.shift_refused_said:
+            self.shift_refused_said = True
+            print(f"warren worker: llama.cpp cannot shift this model's cache ({Path(settings.path).name}): "
+                  "a trimmed prompt is decoded again from the cut (no ContextShift)", file=sys.stderr, flush=True)
+        self._restore_state(settings)
         n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.eog_tokens = []  # found on first use (ban_eos): a vocabulary scan costs ~25 ms of every load
         template = L.llama_model_chat_template(self.model, None)
@@ -293,10 +309,40 @@ class LlamaEngine:
             chat_template=template.decode("utf-8", "replace") if template else None,
             bos_token=self._token_text(L.llama_vocab_bos(self.vocab)),
             eos_token=self._token_text(L.llama_vocab_eos(self.vocab)),
-            add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)), gpu_offload=bool(L.llama_supports_gpu_offload()))
+            add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)), gpu_offload=bool(L.llama_supports_gpu_offload()),
+            flash_attention="auto" if self.flash is None else "on" if self.flash else "off",
+            extra={"flash_attention_measured": dataclasses.asdict(self.flash_measured)} if self.flash_measured else {})
 
-    def park(self) -> None:
-        """Free the context and the weights' pages; keep the model for a quick ``load`` later."""
+    def _flash_attention(self, settings: ModelSettings) -> bool | None:
+        """On, off, or None for llama.cpp's own "auto" (a model offloaded to a GPU): forced by the settings, or
+        measured on this CPU the first time this model is loaded here (``warren/flash_attention.py``)."""
+        self.flash_measured = None
+        if settings.flash_attention != "auto":
+            return settings.flash_attention == "on"
+        if settings.gpu_layers > 0 and L.llama_supports_gpu_offload():
+            return None
+        key = flash_attention.key(Path(settings.path), settings.threads, settings.quant_kv,
+                                  flash_attention.engine_version())
+        measured = flash_attention.recall(key)
+        if measured is None:
+            measured = flash_probe.measure(self.model, self.vocab, settings.threads, KV_TYPES[settings.quant_kv])
+            if measured is None:
+                return None
+            flash_attention.remember(key, measured)
+            print(f"warren worker: flash attention measured at {measured.depth} tokens of context: "
+                  f"{measured.on:.1f} tokens/s on, {measured.off:.1f} off: {'on' if measured.choice else 'off'}",
+                  file=sys.stderr, flush=True)
+        self.flash_measured = measured
+        return measured.choice
+
+    def park(self, keep_state_bytes: int = -1) -> int:
+        """Free the context and the weights' pages; keep the model for a quick ``load`` later, and the cached
+        sequences' KV state when it takes at most ``keep_state_bytes`` (negative: any size). Returns the bytes kept."""
+        self.saved = None
+        # One sequence only: with --parallelrequests the sequences share a unified cache, and a sequence put
+        # back there was seen to give other greedy text than before the park (issue 14): not kept, for now.
+        if self.ctx is not None and keep_state_bytes != 0 and self.parallel == 1:
+            self.saved = kvstate.save(self.ctx, self.context_key, [(0, self.cached)], keep_state_bytes)
         self._close_runner()
         if self.ctx is not None:
             L.llama_free(self.ctx)
@@ -305,6 +351,23 @@ class LlamaEngine:
         trim_heap()
         if self.model_key and self.model_key[1] == L.LLAMA_LOAD_MODE_MMAP:
             drop_file_pages(Path(self.model_path))
+        return self.saved.nbytes if self.saved is not None else 0
+
+    def drop_state(self) -> None:
+        """The pool needs the saved state's memory back (``DropState``): the next load decodes from scratch."""
+        self.saved = None
+        trim_heap()
+
+    def _restore_state(self, settings: ModelSettings) -> None:
+        """Put the sequences saved at park back into the new context, if it has the same shape; either way
+        the saved bytes are freed (the context holds them now, or they cannot be used)."""
+        self.context_key = (*kvstate.state_key(settings), self.flash)  # flash attention stores V otherwise
+        saved, self.saved = self.saved, None
+        if saved is None or saved.key != self.context_key:
+            return
+        self.cached = kvstate.restore(self.ctx, saved).get(0, [])
+        del saved
+        trim_heap()
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -506,26 +569,30 @@ class LlamaEngine:
             tokens = [bos if bos >= 0 else 0]  # an empty prompt still needs one token to sample after
         window = min(params.context_limit or self.n_ctx, self.n_ctx)
         if params.truncate_prompt and len(tokens) + params.max_tokens > window:
-            # KoboldCpp keeps the end of an over-long prompt: the newest story text matters most.
+            # As KoboldCpp: the memory (and BOS) stay, then the end of the prompt, the newest story text; the
+            # oldest story text goes. The cut is then a ContextShift for the cache (``warren/worker/shift.py``).
             keep = max(1, window - min(params.max_tokens, window // 2))
-            tokens = tokens[-keep:]
+            head = len(self.tokenize(params.keep_text, special=True, add_bos=add_bos)) if params.keep_text \
+                else int(add_bos)
+            head = min(head, keep // 2)  # a memory larger than half the window is cut too
+            tokens = tokens[:head] + tokens[len(tokens) - (keep - head):]
         elif len(tokens) >= window:
             raise PromptTooLong(f"the prompt is {len(tokens)} tokens, but the context window is {window} tokens",
                                 hint="shorten the prompt, or start the model with a larger --contextsize")
         return tokens
 
-    def _decode_prompt(self, tokens: list[int], cancelled: Callable[[], bool]) -> bool:
+    def _decode_prompt(self, tokens: list[int], cancelled: Callable[[], bool]) -> tuple[bool, int]:
         """Decode what the cache lacks of ``tokens``: the shared prefix with the last request is reused.
 
         ``cancelled`` is asked between batches, so a Cancel (a client gone, an abort, a Park waiting
-        behind it) does not wait for a long prompt to be read. False when it stopped there; the cache
-        then holds the batches decoded so far, which the next request's prefix can still reuse."""
-        n_keep = 0
-        for a, b in zip(self.cached, tokens, strict=False):
-            if a != b:
-                break
-            n_keep += 1
-        n_keep = min(n_keep, len(tokens) - 1)  # the last prompt token must be decoded to get logits
+        behind it) does not wait for a long prompt to be read. (False, …) when it stopped there; the cache
+        then holds the batches decoded so far, which the next request's prefix can still reuse. The second
+        value: how many prompt tokens were found in the cache."""
+        if self.context_shift and (span := shift.dropped_span(self.cached, tokens)) is not None:
+            shifted = shift.shift(self.ctx, 0, self.cached, span)
+            if shifted is not None:
+                self.cached = shifted
+        n_keep = min(shift.shared_prefix(self.cached, tokens), len(tokens) - 1)  # the last prompt token must be decoded to get logits
         memory = L.llama_get_memory(self.ctx)
         if not L.llama_memory_seq_rm(memory, 0, n_keep, -1):
             L.llama_memory_clear(memory, True)
@@ -534,7 +601,7 @@ class LlamaEngine:
         for start in range(n_keep, len(tokens), self.n_batch):
             self._apply_threads(cancelled)
             if cancelled():
-                return False
+                return False, n_keep
             chunk = tokens[start : start + self.n_batch]
             arr = (L.llama_token * len(chunk))(*chunk)
             rc = L.llama_decode(self.ctx, L.llama_batch_get_one(arr, len(chunk)))
@@ -543,7 +610,7 @@ class LlamaEngine:
                 self.cached = []
                 raise WarrenError(f"llama_decode failed on the prompt (code {rc})")
             self.cached.extend(chunk)
-        return True
+        return True, n_keep
 
     def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
                  cancelled: Callable[[], bool]) -> GenerationResult:
@@ -554,7 +621,7 @@ class LlamaEngine:
         tokens = self._prepare_prompt(params)
         sampler = self._sampler(params, seed)
         try:
-            read = self._decode_prompt(tokens, cancelled)
+            read, reused = self._decode_prompt(tokens, cancelled)
             prompt_done = time.perf_counter()
             max_new = min(params.max_tokens, min(params.context_limit or self.n_ctx, self.n_ctx) - len(tokens))
             if read:
@@ -565,7 +632,8 @@ class LlamaEngine:
             self._free_sampler(sampler)
         return GenerationResult(text=text, finish_reason=reason, prompt_tokens=len(tokens),
                                 completion_tokens=n_new, prompt_seconds=prompt_done - started,
-                                generation_seconds=time.perf_counter() - prompt_done, seed=seed)
+                                generation_seconds=time.perf_counter() - prompt_done, seed=seed,
+                                cached_tokens=reused)
 
     def _token_loop(self, sampler: Any, params: GenerationParams, max_new: int,
                     emit: Callable[[str], None] | None, cancelled: Callable[[], bool]

@@ -156,9 +156,16 @@ class WorkerHandle:
         self.threads = threads
         self.cores = cores
 
-    async def park(self) -> None:
-        """Ask the worker to free its context and weights' pages, keeping the model (``Park``)."""
-        await self._request(p.Park(id=next(self._ids)), CALL_TIMEOUT)
+    async def park(self, keep_state_bytes: int = -1) -> int:
+        """Ask the worker to free its context and weights' pages, keeping the model (``Park``), and its cached
+        sequences' KV state if it takes at most ``keep_state_bytes`` (negative: any). The state bytes kept."""
+        answer = await self._request(p.Park(id=next(self._ids), keep_state_bytes=keep_state_bytes), CALL_TIMEOUT)
+        value = answer.value if isinstance(answer, p.Result) else None
+        return int(value.get("state_bytes", 0)) if isinstance(value, dict) else 0
+
+    async def drop_state(self) -> None:
+        """Ask a parked worker to free the KV state it kept (``DropState``)."""
+        await self._request(p.DropState(id=next(self._ids)), CALL_TIMEOUT)
 
     async def kill(self, reason: str, kind: ExitKind = ExitKind.HUNG) -> None:
         """End a misbehaving worker now; waiters get ``WorkerCrashed`` with ``reason``; ``kind`` becomes

@@ -58,7 +58,16 @@ class Load(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Park(Frame):
-    """Free the context and the weights' pages, keep the model; a later ``Load`` resumes it. ``Result``."""
+    """Free the context and the weights' pages, keep the model; a later ``Load`` resumes it. The cached
+    sequences' KV state is kept too when it takes at most ``keep_state_bytes`` (negative: any size;
+    ``warren/worker/kvstate.py``). ``Result`` with ``{"state_bytes": kept}``."""
+
+    keep_state_bytes: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class DropState(Frame):
+    """A parked worker frees the KV state it kept (the pool needs the memory). ``Result``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +143,7 @@ class Done(Frame):
     prompt_seconds: float = 0.0
     generation_seconds: float = 0.0
     seed: int = 0
+    cached_tokens: int = 0  # prompt tokens whose K/V were already in the cache (not decoded again)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from warren import __version__
 from warren.api import serving, sse
@@ -82,6 +82,12 @@ async def extra_version(pool: Pool = Depends(get_pool)) -> dict[str, Any]:
 @_get(["/api/extra/true_max_context_length"] + _both("/config/max_context_length"))
 async def max_context(instance: ModelInstance = Depends(get_instance)) -> dict[str, int]:
     return {"value": instance.context_size}
+
+
+@_get(["/api/extra/preloadstory"])
+async def preload_story(pool: Pool = Depends(get_pool)) -> Response:
+    """KoboldAI Lite asks on every connect: the ``--preloadstory`` story as it was saved, or ``{}``."""
+    return Response(pool.server.preload_story or "{}", media_type="application/json")
 
 
 @_get(_both("/config/max_length"))

@@ -1,47 +1,25 @@
 """KoboldCpp request bodies.
 
-Unknown fields are ignored on purpose: KoboldAI Lite and SillyTavern send many sampler fields
-(``top_a``, ``dry_*``, ``xtc_*``, ``sampler_order`` …) that warren does not implement; refusing them
-would break those clients. ``docs/api-compat.md`` lists each one as honoured or ignored. Fields warren
-does honour are range-checked, and a bad value is a 400 in KoboldCpp's error shape.
+The sampling fields (``temperature`` … ``dry_*``, ``xtc_*``, ``sampler_order``, ``banned_strings``) are the
+shared ``Samplers`` (``warren/api/sampling.py``), the same definition the OpenAI and Ollama requests use.
+Unknown fields are ignored on purpose: KoboldAI Lite and SillyTavern send fields of other backends, and
+refusing them would break those clients; ``docs/api-compat.md`` lists each field as honoured or carried.
+A value out of range is a 400 in KoboldCpp's error shape.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_SEED = 2**32 - 1
+from warren.api.sampling import CONTEXT_MAX, Samplers
 
 
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class GenerateRequest(Samplers):
     prompt: str = ""
     memory: str = ""
-    max_length: int | None = Field(None, ge=1, le=262144)
-    max_context_length: int | None = Field(None, ge=1, le=262144)
-    temperature: float = Field(0.75, ge=0.0, le=100.0)
-    top_p: float = Field(0.92, ge=0.0, le=1.0)
-    top_k: int = Field(100, ge=0, le=1_000_000)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
-    typical: float = Field(1.0, ge=0.0, le=1.0)
-    rep_pen: float = Field(1.0, gt=0.0, le=10.0)
-    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
-    rep_pen_range: int = Field(320, ge=-1, le=262144)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    mirostat: int = Field(0, ge=0, le=2)
-    mirostat_tau: float = Field(5.0, ge=0.0, le=100.0)
-    mirostat_eta: float = Field(0.1, ge=0.0, le=10.0)
-    sampler_seed: int = Field(-1, ge=-1, le=MAX_SEED)
-    stop_sequence: list[str] = Field(default_factory=list, max_length=256)
-    trim_stop: bool = True
-    ban_eos_token: bool = False
-    use_default_badwordsids: bool = False
-    grammar: str = Field("", max_length=1_000_000)
-    banned_tokens: list[str] = Field(default_factory=list, max_length=768)
-    banned_strings: list[str] = Field(default_factory=list, max_length=768)
+    max_context_length: int | None = Field(None, ge=1, le=CONTEXT_MAX)
     logit_bias: dict[str, float] = Field(default_factory=dict, max_length=512)
+    logprobs: bool = False
     genkey: str = Field("", max_length=256)
 
     @field_validator("logit_bias")

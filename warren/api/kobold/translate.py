@@ -9,6 +9,7 @@ over-long prompt loses its oldest tokens.
 from __future__ import annotations
 
 from warren.api.kobold.schemas import GenerateRequest
+from warren.api.sampling import KOBOLD_LOGPROBS, generation_amount, sampler_fields
 from warren.grammar import Constraints
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ServerSettings
@@ -23,34 +24,18 @@ def constraints(req: GenerateRequest) -> Constraints:
 
 def to_params(req: GenerateRequest, server: ServerSettings, n_ctx: int) -> GenerationParams:
     ctx = min(req.max_context_length or n_ctx, n_ctx)
-    max_length = req.max_length or server.default_gen_amount
-    if server.gen_limit > 0:
-        max_length = min(max_length, server.gen_limit)
+    max_length = generation_amount(req.max_length, server)
     hard = max(min(ctx - 4, 16), int(ctx * 0.2))
     if max_length >= ctx - hard:
         max_length = max(1, ctx - hard)
-    rep_pen = max(req.rep_pen, req.repeat_penalty or 0.0, req.repetition_penalty or 0.0)
     return GenerationParams(
         prompt=req.memory + req.prompt,
+        keep_text=req.memory,
         max_tokens=max_length,
-        temperature=req.temperature,
-        top_k=req.top_k,
-        top_p=req.top_p,
-        min_p=req.min_p,
-        typical_p=req.typical,
-        repeat_penalty=rep_pen,
-        repeat_last_n=ctx if req.rep_pen_range < 0 else req.rep_pen_range,
-        presence_penalty=req.presence_penalty,
-        mirostat=req.mirostat,
-        mirostat_tau=req.mirostat_tau,
-        mirostat_eta=req.mirostat_eta,
-        seed=req.sampler_seed,
-        stop=tuple(req.stop_sequence),
-        trim_stop=req.trim_stop,
-        ban_eos=req.ban_eos_token or req.use_default_badwordsids,
-        grammar=req.grammar,
-        banned_strings=tuple(req.banned_tokens + req.banned_strings),
+        **sampler_fields(req, ctx),
         logit_bias={int(k): max(-LOGIT_BIAS_LIMIT, min(LOGIT_BIAS_LIMIT, v)) for k, v in req.logit_bias.items()},
+        logprobs=req.logprobs,
+        top_logprobs=KOBOLD_LOGPROBS if req.logprobs else 0,
         context_limit=ctx,
         truncate_prompt=True,
     )

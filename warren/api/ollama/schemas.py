@@ -1,8 +1,9 @@
 """Ollama request bodies (``/api/generate``, ``/api/chat``, ``/api/show``).
 
 Unknown fields are ignored (clients send ``think``, ``tools``, ``images`` …); ``options`` keys that warren
-does not implement are ignored too, and ``docs/api-compat.md`` lists which are honoured. The options
-that are honoured are range-checked like the other dialects' sampling fields.
+does not implement are ignored too, and ``docs/api-compat.md`` lists which are honoured. The options keep
+Ollama's names and defaults, with the shared bounds (``warren/api/sampling.py``): ``repeat_penalty`` is
+bounded as KoboldCpp's ``rep_pen``, and ``Options.samplers`` turns them into the shared ``Samplers``.
 """
 
 from __future__ import annotations
@@ -11,28 +12,52 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_SEED = 2**32 - 1
+from warren.api.sampling import (
+    CONTEXT_MAX,
+    Mirostat,
+    MirostatEta,
+    MirostatTau,
+    Penalty,
+    PenaltyRange,
+    PresencePenalty,
+    Probability,
+    Samplers,
+    Seed,
+    StopList,
+    Temperature,
+    TopK,
+)
 
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    num_predict: int | None = Field(None, ge=-2, le=262144)
-    num_ctx: int | None = Field(None, ge=1, le=262144)
-    temperature: float = Field(0.8, ge=0.0, le=100.0)
-    top_k: int = Field(40, ge=0, le=1_000_000)
-    top_p: float = Field(0.9, ge=0.0, le=1.0)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
-    typical_p: float = Field(1.0, ge=0.0, le=1.0)
-    repeat_penalty: float = Field(1.1, gt=0.0, le=10.0)
-    repeat_last_n: int = Field(64, ge=-1, le=262144)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    mirostat: int = Field(0, ge=0, le=2)
-    mirostat_tau: float = Field(5.0, ge=0.0, le=100.0)
-    mirostat_eta: float = Field(0.1, ge=0.0, le=10.0)
-    seed: int | None = Field(None, ge=-1, le=MAX_SEED)
-    stop: list[str] | str | None = None
+    num_predict: int | None = Field(None, ge=-2, le=CONTEXT_MAX)
+    num_ctx: int | None = Field(None, ge=1, le=CONTEXT_MAX)
+    temperature: Temperature = 0.8
+    top_k: TopK = 40
+    top_p: Probability = 0.9
+    min_p: Probability = 0.0
+    typical_p: Probability = 1.0
+    repeat_penalty: Penalty = 1.1
+    repeat_last_n: PenaltyRange = 64
+    presence_penalty: PresencePenalty = 0.0
+    frequency_penalty: PresencePenalty = 0.0
+    mirostat: Mirostat = 0
+    mirostat_tau: MirostatTau = 5.0
+    mirostat_eta: MirostatEta = 0.1
+    seed: Seed | None = None
+    stop: StopList | str | None = None
+
+    def samplers(self) -> Samplers:
+        """The same options under the shared (KoboldCpp's) names, for the one mapping every dialect uses."""
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return Samplers(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+                        typical=self.typical_p, rep_pen=self.repeat_penalty, rep_pen_range=self.repeat_last_n,
+                        presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                        mirostat=self.mirostat, mirostat_tau=self.mirostat_tau, mirostat_eta=self.mirostat_eta,
+                        sampler_seed=self.seed if self.seed is not None and self.seed >= 0 else -1,
+                        stop_sequence=stop)
 
 
 class Base(BaseModel):

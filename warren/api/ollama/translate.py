@@ -1,6 +1,7 @@
 """Ollama requests -> ``GenerationParams``; model facts and results -> Ollama's response shapes.
 
-- ``num_predict`` -1 (Ollama's default) and -2 mean "until the context is full"; ``num_ctx`` cannot
+- ``num_predict`` -1 (Ollama's default) and -2 mean "until the context is full", capped by ``--genlimit`` as in
+  every dialect; ``num_ctx`` cannot
   reload a model per request here, so it caps the window of this request instead.
 - ``format: "json"`` constrains the output to a JSON object; a JSON schema ``format`` to that schema.
 - Names: Ollama's ``name:tag``; ``name:latest`` is the catalog entry ``name``.
@@ -15,13 +16,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from warren.api.chat_template import render_chat
+from warren.api.chat_format import ChatFormat, render
 from warren.api.ollama.schemas import Base, ChatRequest, GenerateRequest
+from warren.api.sampling import generation_amount, sampler_fields
 from warren.errors import ConfigError, InvalidRequest
 from warren.gguf.reader import GGUFInfo, SkippedArray
 from warren.grammar import Constraints
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
+from warren.settings import ServerSettings
 from warren.units import parse_duration
 
 NS = 1_000_000_000
@@ -71,39 +74,33 @@ def _schema_text(fmt: str | dict[str, Any] | None) -> str:
     return "" if schema is None else json.dumps(schema)
 
 
-def _params(req: Base, prompt: str, n_ctx: int) -> GenerationParams:
+def _params(req: Base, prompt: str, n_ctx: int, server: ServerSettings, stops: tuple[str, ...] = ()
+            ) -> GenerationParams:
     o = req.options
     window = min(o.num_ctx or n_ctx, n_ctx)
-    max_tokens = o.num_predict if o.num_predict is not None and o.num_predict > 0 else window
-    stop = (o.stop,) if isinstance(o.stop, str) else tuple(o.stop or ())
+    wanted = o.num_predict if o.num_predict is not None and o.num_predict > 0 else window
+    fields = sampler_fields(o.samplers(), window)
     return GenerationParams(
-        prompt=prompt, max_tokens=max_tokens, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
-        min_p=o.min_p, typical_p=o.typical_p, repeat_penalty=o.repeat_penalty,
-        repeat_last_n=window if o.repeat_last_n < 0 else o.repeat_last_n, presence_penalty=o.presence_penalty,
-        frequency_penalty=o.frequency_penalty, mirostat=o.mirostat, mirostat_tau=o.mirostat_tau,
-        mirostat_eta=o.mirostat_eta, seed=o.seed if o.seed is not None and o.seed >= 0 else -1, stop=stop,
+        prompt=prompt, max_tokens=generation_amount(wanted, server), **{**fields, "stop": fields["stop"] + stops},
         json_schema=_schema_text(req.format), context_limit=window, truncate_prompt=True,
     )
 
 
-def generate_params(req: GenerateRequest, model_info: ModelInfo, n_ctx: int) -> GenerationParams:
+def generate_params(req: GenerateRequest, model_info: ModelInfo, n_ctx: int, server: ServerSettings,
+                    fmt: ChatFormat, model: str) -> GenerationParams:
     if req.raw:
-        prompt = req.prompt
-    else:
-        messages = ([{"role": "system", "content": req.system}] if req.system else []) + \
-            [{"role": "user", "content": req.prompt}]
-        prompt = render_chat(model_info.chat_template, messages, bos_token=model_info.bos_token,
-                             eos_token=model_info.eos_token)
-    return _params(req, prompt, n_ctx)
+        return _params(req, req.prompt, n_ctx, server)
+    messages = ([{"role": "system", "content": req.system}] if req.system else []) + \
+        [{"role": "user", "content": req.prompt}]
+    return _params(req, render(fmt, messages, model_info, model), n_ctx, server, fmt.stops)
 
 
-def chat_params(req: ChatRequest, model_info: ModelInfo, n_ctx: int) -> GenerationParams:
+def chat_params(req: ChatRequest, model_info: ModelInfo, n_ctx: int, server: ServerSettings, fmt: ChatFormat,
+                model: str) -> GenerationParams:
     if any(m.images for m in req.messages):
         raise InvalidRequest("images are not supported: warren serves text models", param="messages")
-    prompt = render_chat(model_info.chat_template, [m.model_dump(include={"role", "content"})
-                                                           for m in req.messages],
-                         bos_token=model_info.bos_token, eos_token=model_info.eos_token)
-    return _params(req, prompt, n_ctx)
+    prompt = render(fmt, [m.model_dump(include={"role", "content"}) for m in req.messages], model_info, model)
+    return _params(req, prompt, n_ctx, server, fmt.stops)
 
 
 def done_reason(reason: FinishReason) -> str:

@@ -2,7 +2,8 @@
 
 Streaming is SSE of ``data: {chunk}`` lines ending with ``data: [DONE]``; a failure mid-stream is sent
 as ``data: {"error": {...}}`` (the official clients raise it as an APIError) and the stream ends.
-The ``model`` field routes the request: it must name a model the server has (404 otherwise).
+The ``model`` field routes the request: with several models it must name one of them (404 otherwise); a
+server of one model serves it whatever the name, as KoboldCpp does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from warren.api import serving, sse
-from warren.api.deps import get_pool, model_from_path, require_api_key
+from warren.api.chat_format import chat_format
+from warren.api.deps import client_model, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.openai import translate
 from warren.api.openai.schemas import ChatRequest, CompletionRequest
@@ -74,9 +76,10 @@ def _stream(started: serving.Started, chat: bool, include_usage: bool) -> Stream
 async def _run(request: Request, model: str | None, constraints: Constraints,
                make_params: Callable[[ModelInstance], GenerationParams], stream: bool, chat: bool,
                include_usage: bool, echo: bool = False) -> Any:
-    """``/m/{name}`` wins over the body's ``model``; neither means the active model."""
-    started = await serving.generate(request, model_from_path(request) or model or None, make_params, stream=stream,
-                                     constraints=constraints)
+    """``/m/{name}`` wins over the body's ``model``; neither means the active model; a server of one model serves
+    it whatever ``model`` says (``client_model``)."""
+    name = model_from_path(request) or client_model(get_pool(request), model)
+    started = await serving.generate(request, name, make_params, stream=stream, constraints=constraints)
     if stream:
         return _stream(started, chat, include_usage)
     assert started.result is not None
@@ -90,7 +93,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     server = get_pool(request).server
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await _run(request, body.model, translate.constraints(body),
-                      lambda _i: translate.completion_params(body, server), body.stream, False, include_usage,
+                      lambda i: translate.completion_params(body, server, i.context_size), body.stream, False, include_usage,
                       body.echo)
 
 
@@ -99,4 +102,5 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     server = get_pool(request).server
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await _run(request, body.model, translate.constraints(body),
-                      lambda i: translate.chat_params(body, server, i.model_info), body.stream, True, include_usage)
+                      lambda i: translate.chat_params(body, server, i.model_info, i.context_size,
+                                                     chat_format(get_pool(request), i.name), i.name), body.stream, True, include_usage)

@@ -1,8 +1,11 @@
 """OpenAI request bodies (``/v1/completions``, ``/v1/chat/completions``).
 
-Each sampling parameter is defined once (``Sampling``) and shared by both requests. Unknown fields
-are ignored: OpenAI SDKs add fields over time (``user``, ``service_tier``, ``store`` …) and a local
-server must not break when they do; ``docs/api-compat.md`` lists which fields are honoured.
+Both requests are the shared ``Samplers`` (``warren/api/sampling.py``) plus OpenAI's own fields, as
+KoboldCpp's OpenAI routes take its whole field set: SillyTavern's KoboldCpp connection sends ``rep_pen``,
+``dry_*``, ``sampler_order`` … to ``/v1/completions``. OpenAI's defaults stay OpenAI's (``temperature`` 1,
+``top_p`` 1, no ``top_k``); the bounds are the shared ones. Unknown fields are ignored: OpenAI SDKs add
+fields over time (``user``, ``service_tier``, ``store`` …) and a local server must not break when they do;
+``docs/api-compat.md`` lists which fields are honoured.
 """
 
 from __future__ import annotations
@@ -11,7 +14,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_SEED = 2**32 - 1
+from warren.api.sampling import (
+    KOBOLD_LOGPROBS,
+    GenAmount,
+    Probability,
+    Samplers,
+    Seed,
+    Temperature,
+    TopK,
+    TopLogprobs,
+)
 
 
 class StreamOptions(BaseModel):
@@ -19,26 +31,18 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class Sampling(Samplers):
     model: str | None = Field(None, max_length=512)
-    max_tokens: int | None = Field(None, ge=0, le=262144)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, ge=0.0, le=1.0)
+    max_tokens: GenAmount | None = None
+    temperature: Temperature = 1.0
+    top_p: Probability = 1.0
+    top_k: TopK = 0
     n: int = Field(1, ge=1, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-1, le=MAX_SEED)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    seed: Seed | None = None
     logit_bias: dict[str, float] | None = Field(None, max_length=1024)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    # Not OpenAI, but llama.cpp-style servers accept them and clients send them.
-    top_k: int = Field(0, ge=0, le=1_000_000)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
-    repeat_penalty: float = Field(1.0, gt=0.0, le=10.0)
-    grammar: str | None = Field(None, max_length=1_000_000)
 
     @field_validator("stop")
     @classmethod
@@ -46,6 +50,11 @@ class Sampling(BaseModel):
         if isinstance(value, list) and len(value) > 256:
             raise ValueError("at most 256 stop sequences")
         return value
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _empty_bias(cls, value: Any) -> Any:
+        return None if value == [] else value  # some clients send an empty list for "no biases"
 
     @field_validator("logit_bias")
     @classmethod
@@ -61,6 +70,15 @@ class Sampling(BaseModel):
 class CompletionRequest(Sampling):
     prompt: str | list[str] = Field(..., description="A string, or a list holding exactly one string.")
     echo: bool = False
+    logprobs: TopLogprobs | None = Field(None, description="OpenAI: the N most likely tokens at each step; "
+                                                           "KoboldCpp's true: its 5")
+
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _kobold_logprobs(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # KoboldCpp's field on the same route
+            return KOBOLD_LOGPROBS if value else None
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -91,5 +109,7 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=4096)
-    max_completion_tokens: int | None = Field(None, ge=0, le=262144)
+    max_completion_tokens: GenAmount | None = None
     response_format: dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: TopLogprobs | None = None

@@ -1,7 +1,8 @@
 """OpenAI requests -> ``GenerationParams``; results -> OpenAI response objects.
 
 As KoboldCpp does: a missing or zero ``max_tokens`` means ``--defaultgenamt``; ``seed`` maps to the
-sampler seed. Unlike KoboldCpp, a prompt that does not fit the context is refused
+sampler seed; KoboldCpp's own sampling fields are honoured here as on its native route (one mapping,
+``warren/api/sampling.py``). Unlike KoboldCpp, a prompt that does not fit the context is refused
 (``context_length_exceeded``) instead of silently losing its start, because OpenAI clients count on it.
 ``response_format: {"type": "json_object"}`` constrains the output with a JSON grammar, ``json_schema``
 with the schema's; ``constraints`` reads both (and ``grammar``) before a model is chosen.
@@ -15,8 +16,9 @@ import time
 import uuid
 from typing import Any
 
-from warren.api.chat_template import render_chat
+from warren.api.chat_format import ChatFormat, render
 from warren.api.openai.schemas import ChatRequest, CompletionRequest, Sampling
+from warren.api.sampling import generation_amount, sampler_fields
 from warren.errors import InvalidRequest
 from warren.grammar import Constraints
 from warren.model_info import ModelInfo
@@ -50,42 +52,39 @@ def constraints(req: Sampling) -> Constraints:
                        schema_param="response_format")
 
 
-def _common(req: Sampling, server: ServerSettings, prompt: str, max_tokens: int | None) -> GenerationParams:
-    n = max_tokens or server.default_gen_amount
-    if server.gen_limit > 0:
-        n = min(n, server.gen_limit)
-    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+def _common(req: Sampling, server: ServerSettings, prompt: str, max_tokens: int | None, n_ctx: int,
+            logprobs: bool, top_logprobs: int) -> GenerationParams:
+    """OpenAI's fields over the shared samplers (``warren/api/sampling.py``): ``stop`` joins KoboldCpp's
+    ``stop_sequence``, ``seed`` wins over ``sampler_seed``, ``max_tokens`` over ``max_length``."""
+    fields = sampler_fields(req, n_ctx)
+    own_stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     return GenerationParams(
         prompt=prompt,
-        max_tokens=n,
-        temperature=req.temperature,
-        top_k=req.top_k,
-        top_p=req.top_p,
-        min_p=req.min_p,
-        repeat_penalty=req.repeat_penalty,
-        presence_penalty=req.presence_penalty,
-        frequency_penalty=req.frequency_penalty,
-        seed=req.seed if req.seed is not None else -1,
-        stop=stop,
+        max_tokens=generation_amount(max_tokens or req.max_length, server),
+        **{**fields, "stop": own_stop + fields["stop"],
+           "seed": req.seed if req.seed is not None else fields["seed"]},
         logit_bias={int(k): v for k, v in (req.logit_bias or {}).items()},
-        grammar=req.grammar or "",
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
     )
 
 
-def completion_params(req: CompletionRequest, server: ServerSettings) -> GenerationParams:
+def completion_params(req: CompletionRequest, server: ServerSettings, n_ctx: int) -> GenerationParams:
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    return _common(req, server, prompt, req.max_tokens)
+    return _common(req, server, prompt, req.max_tokens, n_ctx, req.logprobs is not None, req.logprobs or 0)
 
 
-def chat_params(req: ChatRequest, server: ServerSettings, model_info: ModelInfo) -> GenerationParams:
+def chat_params(req: ChatRequest, server: ServerSettings, model_info: ModelInfo, n_ctx: int, fmt: ChatFormat,
+                model: str) -> GenerationParams:
     try:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="messages") from None
-    prompt = render_chat(model_info.chat_template, messages, bos_token=model_info.bos_token,
-                         eos_token=model_info.eos_token)
-    params = _common(req, server, prompt, req.max_completion_tokens or req.max_tokens)
+    prompt = render(fmt, messages, model_info, model)
+    params = _common(req, server, prompt, req.max_completion_tokens or req.max_tokens, n_ctx, req.logprobs,
+                     req.top_logprobs or 0)
+    params = dataclasses.replace(params, stop=params.stop + fmt.stops)
     schema = response_schema(req)
     if schema is not None:
         params = dataclasses.replace(params, json_schema=json.dumps(schema))
@@ -96,9 +95,12 @@ def finish_reason(reason: FinishReason) -> str:
     return "length" if reason in (FinishReason.LENGTH, FinishReason.ABORT) else "stop"
 
 
-def usage(r: GenerationResult) -> dict[str, int]:
+def usage(r: GenerationResult) -> dict[str, Any]:
+    """OpenAI's usage, with ``prompt_tokens_details.cached_tokens``: the prompt tokens found in the KV cache
+    (a reused prefix, a state kept across a swap, a shifted context) rather than decoded."""
     return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-            "total_tokens": r.prompt_tokens + r.completion_tokens}
+            "total_tokens": r.prompt_tokens + r.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": r.cached_tokens}}
 
 
 def new_id(prefix: str) -> str:

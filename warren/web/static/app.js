@@ -156,7 +156,8 @@ function fillCard(card, m) {
     <dl>
       <dt>handle</dt><dd data-role="handle">${escapeHtml(m.handle || "—")}</dd>
       <dt>memory</dt><dd data-role="memory">estimate ${mib(est)} · ${m.state === "parked"
-        ? `parked ${mib(m.memory?.reserved)}` : `measured ${loaded ? mib(m.memory?.measured) : "—"}`}</dd>
+        ? `parked ${mib(m.memory?.reserved)}${m.memory?.kv_state ? ` (KV state ${mib(m.memory.kv_state)})` : ""}`
+        : `measured ${loaded ? mib(m.memory?.measured) : "—"}`}</dd>
       <dt>load time</dt><dd>${m.load_seconds != null && loaded ? `${m.load_seconds.toFixed(2)} s` : "—"}</dd>
       <dt>requests</dt><dd>${m.in_flight || 0} in flight · ${m.queued || 0} queued</dd>
       <dt>last used</dt><dd data-role="used">${used}</dd>

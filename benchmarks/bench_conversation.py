@@ -1,0 +1,136 @@
+"""Conversations across a swap and at full context (issue 14): the two ratios side by side in one run.
+
+Run:  .venv/bin/python benchmarks/bench_conversation.py
+
+1. **Swap.** A real server, two catalog entries of the default model (``a``, ``b``), ``--max-models 1``,
+   ``--contextsize 4096``. A ~973-token chat on ``a``; the next turn's first token (streamed) is timed with
+   no swap in between, and again after one request to ``b`` (``a`` parked with its KV state, then resumed).
+   Target: after-swap / no-swap <= 1.5 (before issue 14: ~35x).
+2. **Full context.** ``--contextsize 1024``, KoboldAI Lite style (memory + the newest story, 32 new tokens a
+   turn): a turn whose story had to be trimmed (ContextShift) against a turn just below full that only
+   extends the cache. Target: full / below-full <= 1.5 (before: 3.3x).
+
+Each case is run once (the figures go in docs/benchmarks.md with the date and the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from warren.default_model import default_model_path  # noqa: E402
+
+MEMORY = "[Memory: Tomas is an old fisherman. His daughter Ana keeps the lighthouse on the cliff.]\n"
+
+
+def line(i: int) -> str:
+    return (f"On day {i} Tomas rowed out to the {['north', 'south', 'east', 'west'][i % 4]} reef, met "
+            f"{i % 7 + 2} gulls and caught {i + 2} silver fish before the tide turned.")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve(models: dict[str, int], *args: str) -> tuple[subprocess.Popen[str], str]:
+    folder = Path(tempfile.mkdtemp(prefix="warren-bench-"))
+    model = default_model_path()
+    for name, ctx in models.items():
+        (folder / f"{name}.kcpps").write_text(json.dumps({"model_param": str(model), "contextsize": ctx}))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "warren", "--nomodel", "--models-dir", str(folder), *args,
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            httpx.get(f"{url}/api/pool", timeout=5)
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("warren did not start")
+
+
+def first_token(url: str, model: str, prompt: str, max_tokens: int = 1) -> float:
+    """Seconds to the first streamed token of a completion."""
+    started = time.perf_counter()
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as r:
+        for chunk in r.iter_lines():
+            if chunk.startswith("data:") and '"text"' in chunk:
+                return time.perf_counter() - started
+    raise SystemExit("no token")
+
+
+def kobold_turn(url: str, prompt: str, memory: str, max_length: int) -> float:
+    started = time.perf_counter()
+    r = httpx.post(f"{url}/m/story/api/v1/generate", timeout=600,
+                   json={"prompt": prompt, "memory": memory, "max_length": max_length, "max_context_length": 1024,
+                         "temperature": 0, "ban_eos_token": True})
+    r.raise_for_status()
+    return time.perf_counter() - started
+
+
+def swap_case() -> tuple[float, float]:
+    proc, url = serve({"a": 4096, "b": 4096}, "--max-models", "1", "--contextsize", "4096")
+    try:
+        chat = MEMORY + " ".join(line(i) for i in range(36))  # ~973 tokens
+        first_token(url, "a", chat, max_tokens=8)
+        turn = chat + " The next morning,"
+        first_token(url, "a", chat, max_tokens=8)  # the cache as the chat left it
+        no_swap = first_token(url, "a", turn)
+        first_token(url, "a", chat, max_tokens=8)
+        first_token(url, "b", "Hello")  # a is parked with its state
+        after_swap = first_token(url, "a", turn)
+        return no_swap, after_swap
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def story_case() -> tuple[float, float]:
+    proc, url = serve({"story": 1024}, "--contextsize", "1024")
+    try:
+        lines = [line(i) for i in range(60)]
+        # Below full: ~850 tokens of story, then a turn that only adds the next line.
+        kobold_turn(url, " ".join(lines[:30]), MEMORY, 32)
+        below = kobold_turn(url, " ".join(lines[:31]), MEMORY, 32)
+        # Full: the story over the window, trimmed by warren each turn (memory kept, oldest text cut).
+        kobold_turn(url, " ".join(lines[:44]), MEMORY, 32)
+        full = kobold_turn(url, " ".join(lines[:45]), MEMORY, 32)
+        return below, full
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def main() -> None:
+    no_swap, after_swap = swap_case()
+    below, full = story_case()
+    print(f"# {date.today()} {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print("| case | baseline | measured | ratio | target |")
+    print("|---|---|---|---|---|")
+    print(f"| 973-token chat, next turn's first token: no swap vs after a swap and back | {no_swap * 1000:.0f} ms | "
+          f"{after_swap * 1000:.0f} ms | {after_swap / no_swap:.2f}x | <= 1.5x |")
+    print(f"| story turn at --contextsize 1024: just below full vs full (ContextShift) | {below * 1000:.0f} ms | "
+          f"{full * 1000:.0f} ms | {full / below:.2f}x | <= 1.5x |")
+
+
+if __name__ == "__main__":
+    main()
