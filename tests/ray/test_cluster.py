@@ -23,7 +23,7 @@ from tests.conftest import Server, Servers
 from tests.ray.cluster import NODE_TIMEOUT, kill_node, worker_node_ids
 from tests.ray.conftest import BUDGET_MIB
 
-pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.model, pytest.mark.ray, pytest.mark.timeout(600)]
 
 MIB = 1 << 20
 CONTEXT = 2048  # SmolLM2's estimate at 2,048 tokens (~208 MiB) fills a node's 300 MiB: one model a node

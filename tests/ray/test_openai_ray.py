@@ -25,7 +25,7 @@ from tests.api.test_openai import (  # noqa: F401 - collected here again, agains
 )
 from tests.conftest import Server, Servers
 
-pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.model, pytest.mark.ray, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
