@@ -121,6 +121,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("memorybudget", ("--memory-budget", "--memorybudget"), K.STR, "",
            "Memory all loaded models may use: bytes (8G, 512M) or a share of RAM (60%). Default: 75% of "
            "the memory available at start-up."),
+    Option("cluster", ("--cluster",), K.STR, "",
+           "Place each model's worker on a node of the Ray cluster at this address (HOST:PORT of its head, "
+           "ray://HOST:PORT, or auto); --memory-budget is then per node. Needs pip install 'warren[ray]'."),
     Option("maxmodels", ("--max-models", "--maxmodels"), K.INT, 0,
            "Most models loaded at once (0: no cap); parked models do not count."),
     Option("keepalive", ("--keepalive",), K.STR, "5m",

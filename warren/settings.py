@@ -60,6 +60,8 @@ class ServerSettings:
     models_dirs: tuple[Path, ...] = ()  # --admindir and --models-dir: catalog directories
     catalog_file: Path | None = None
     memory_budget: int = 0  # bytes
+    cluster: str = ""  # a Ray address (--cluster): workers are placed on its nodes (warren/worker/ray_launcher.py)
+    node_budget: str = ""  # --memory-budget as given: on a cluster, each node's, read against its own memory
     max_models: int = 0
     keep_alive: float = 300.0
     load_wait: float = 60.0

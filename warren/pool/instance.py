@@ -32,7 +32,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed
+from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed, WorkerNotPlaced
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.pool.compute import ComputeShares
@@ -41,7 +41,7 @@ from warren.pool.state import InstanceState
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
 from warren.worker.handle import WorkerHandle
-from warren.worker.launcher import ExitKind, Launcher
+from warren.worker.launcher import LOCAL, ExitKind, Launcher
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,11 @@ class ModelInstance:
         return self.model_info.n_ctx or self.settings.context_size
 
     @property
+    def node(self) -> str | None:
+        """The node its worker runs (or last ran) on; None before its first worker."""
+        return self.handle.node if self.handle is not None else None
+
+    @property
     def busy(self) -> bool:
         return self._running > 0
 
@@ -118,7 +123,7 @@ class ModelInstance:
         h = self.handle
         return {
             "name": self.name, "handle": self.handle_id if h else None, "state": self.current_state.value,
-            "pid": h.pid if h and h.alive else None, "progress": h.progress if h else 0.0,
+            "pid": h.pid if h and h.alive else None, "node": self.node, "progress": h.progress if h else 0.0,
             "load_seconds": h.load_seconds if h else None, "in_flight": self._running, "queued": self._waiting,
             "restarts": self.restarts, "last_exit": self.last_exit or None, "last_exit_kind": self.last_exit_kind,
             "last_error": self.last_error or None,
@@ -143,14 +148,15 @@ class ModelInstance:
         raise WorkerClosed(f"model {self.name!r} is not loaded", model=self.name)
 
     async def load(self, spare: WorkerHandle | None = None, prefault_bytes: int = 0,
-                   prefault_after: Sequence[int] = ()) -> WorkerHandle:
+                   prefault_after: Sequence[int] = (), *, node: str = LOCAL, reserve: int = 0) -> WorkerHandle:
         """Start a worker (or adopt a warm ``spare``) and load the model; concurrent callers share one load.
         ``prefault_bytes``, ``prefault_after``: the KV cache's estimated size, and the pids of the workers
-        this load replaces (``warren/worker/prefault.py``)."""
+        this load replaces (``warren/worker/prefault.py``); ``node``, ``reserve``: where a new worker goes
+        and the bytes it holds there (the pool's placement)."""
         if self.handle is not None and self.handle.alive and self.state is InstanceState.READY:
             return self.handle
         if self._starting is None or self._starting.done():
-            self._starting = asyncio.create_task(self._start(spare, prefault_bytes, prefault_after),
+            self._starting = asyncio.create_task(self._start(spare, prefault_bytes, prefault_after, node, reserve),
                                                  name=f"start-{self.name}")
         return await asyncio.shield(self._starting)
 
@@ -173,8 +179,8 @@ class ModelInstance:
         if self.parked and self.handle is not None:
             await self.handle.drop_state()
 
-    async def _start(self, spare: WorkerHandle | None, prefault_bytes: int, prefault_after: Sequence[int]
-                     ) -> WorkerHandle:
+    async def _start(self, spare: WorkerHandle | None, prefault_bytes: int, prefault_after: Sequence[int],
+                     node: str = LOCAL, reserve: int = 0) -> WorkerHandle:
         started = time.perf_counter()
         resuming = self.parked
         if resuming:
@@ -191,7 +197,8 @@ class ModelInstance:
                 handle.adopt(self.settings)
                 self.handle = handle
             else:
-                handle = WorkerHandle(self.settings, launcher=self.launcher, heartbeat=self.heartbeat)
+                handle = WorkerHandle(self.settings, launcher=self.launcher, node=node, reserve=reserve,
+                                      heartbeat=self.heartbeat)
                 self.handle = handle
             if self.on_progress is not None:
                 handle.on_progress = lambda: self.on_progress(self) if self.on_progress else None
@@ -201,6 +208,11 @@ class ModelInstance:
             self.state = InstanceState.LOADING
             log.info("loading model=%s handle=%s pid=%s", self.name, self.handle_id, handle.pid)
             await handle.load(prefault_bytes, prefault_after)
+        except WorkerNotPlaced as exc:  # nothing was started: nothing about the model either
+            self.state = InstanceState.UNLOADED
+            self.last_error = exc.message
+            await handle.stop()
+            raise
         except WarrenError as exc:
             self.state = InstanceState.CRASHED if isinstance(exc, WorkerCrashed) else InstanceState.LOAD_FAILED
             self.last_error = exc.message

@@ -46,7 +46,7 @@ from warren.params import GenerationParams
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
 from warren.worker.channel import ChannelClosed, FrameChannel
-from warren.worker.launcher import ExitKind, Launcher, WorkerProcess, classify_exit
+from warren.worker.launcher import LOCAL, ExitKind, Launcher, WorkerProcess, classify_exit
 from warren.worker.liveness import Liveness, LivenessRule, ProcessProbe, Verdict
 from warren.worker.local import LocalLauncher
 
@@ -62,15 +62,19 @@ STOP_GRACE = 3.0  # after EOF a healthy worker exits in milliseconds; a busy one
 
 
 class WorkerHandle:
-    def __init__(self, settings: ModelSettings, *, launcher: Launcher | None = None, heartbeat: bool = True,
-                 load_timeout: float = LOAD_TIMEOUT, heartbeat_interval: float = HEARTBEAT_INTERVAL,
-                 liveness: LivenessRule | None = None, probe: ProcessProbe | None = None) -> None:
-        """``launcher``: what starts the worker (a local subprocess unless given). ``liveness``: the
+    def __init__(self, settings: ModelSettings, *, launcher: Launcher | None = None, node: str = LOCAL,
+                 reserve: int = 0, heartbeat: bool = True, load_timeout: float = LOAD_TIMEOUT,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL, liveness: LivenessRule | None = None,
+                 probe: ProcessProbe | None = None) -> None:
+        """``launcher``: what starts the worker (a local subprocess unless given); ``node``, ``reserve``:
+        where, and the bytes it holds there (a placing launcher's; ``Launcher.start``). ``liveness``: the
         heartbeat's thresholds; ``probe`` replaces the launcher's reading of the worker's process state
         for the verdict (``warren/worker/liveness.py``), for tests of the verdict."""
         self.settings = settings
         self.name = settings.name
         self.launcher: Launcher = launcher or LocalLauncher()
+        self.node = node
+        self.reserve = reserve
         self.worker: WorkerProcess | None = None
         self.channel: FrameChannel | None = None
         self.progress = 0.0
@@ -112,11 +116,11 @@ class WorkerHandle:
 
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
-        self.worker, self.channel = await self.launcher.start(self.settings)
+        self.worker, self.channel = await self.launcher.start(self.settings, self.node, self.reserve)
         self.started_at = time.monotonic()
         self._hello = asyncio.get_running_loop().create_future()
         self._tasks.append(asyncio.create_task(self._read_frames(self.channel), name=f"frames-{self.name}"))
-        log.debug("worker spawned model=%s pid=%s", self.name, self.pid)
+        log.debug("worker spawned model=%s node=%s pid=%s", self.name, self.node, self.pid)
         try:
             await asyncio.wait_for(asyncio.shield(self._hello), HELLO_TIMEOUT)
         except TimeoutError:
@@ -372,7 +376,8 @@ class WorkerHandle:
                 returncode = await worker.wait()
         await asyncio.sleep(0)  # let the output reader take the last lines
         self.exit_kind, how = classify_exit(returncode, requested=self._stopping, protocol_error=reason,
-                                            killed_for=self._kill_reason, killed_kind=self._kill_kind)
+                                            killed_for=self._kill_reason, killed_kind=self._kill_kind,
+                                            lost=worker.lost if worker is not None else "")
         if self._stopping:
             self.exit_error = WorkerClosed(f"model {self.name!r} was unloaded", model=self.name)
         else:
