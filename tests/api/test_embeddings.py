@@ -4,6 +4,7 @@ the default model (a generative model: mean pooling), and by ``--embeddingsmodel
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from pathlib import Path
 
@@ -19,11 +20,14 @@ MODEL = "SmolLM2-135M-Instruct.Q4_1"
 SMOL_DIM = 576  # SmolLM2-135M's embedding length
 SIMILAR = ("The cat sat on the mat.", "A kitten was sitting on the rug.")
 UNRELATED = "Quarterly tax filings are due in April."
+TIMEOUT = 120  # s: an input of 2,048 tokens, on 2 cores shared with other test runs
+post = functools.partial(httpx.post, timeout=TIMEOUT)
+get = functools.partial(httpx.get, timeout=TIMEOUT)
 
 
 @pytest.fixture
 def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -43,14 +47,14 @@ def test_openai_batch_gives_unit_vectors_and_similar_texts_are_closer(client: op
 
 def test_openai_single_string_base64_and_token_input(client: openai.OpenAI, server: Server) -> None:
     floats = client.embeddings.create(model=MODEL, input=SIMILAR[0]).data[0].embedding
-    raw = httpx.post(f"{server.url}/v1/embeddings",
+    raw = post(f"{server.url}/v1/embeddings",
                      json={"model": MODEL, "input": SIMILAR[0], "encoding_format": "base64"}).json()
     decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
     assert decoded.tolist() == floats  # the same float32 values, bit for bit
     # The official client asks for base64 when not told otherwise, and decodes it itself: as JSON floats, the same.
-    as_json = httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL, "input": SIMILAR[0]}).json()
+    as_json = post(f"{server.url}/v1/embeddings", json={"model": MODEL, "input": SIMILAR[0]}).json()
     assert as_json["data"][0]["embedding"] == floats
-    tokens = httpx.post(f"{server.url}/api/extra/tokencount", json={"prompt": SIMILAR[0]}).json()["ids"]
+    tokens = post(f"{server.url}/api/extra/tokencount", json={"prompt": SIMILAR[0]}).json()["ids"]
     by_ids = client.embeddings.create(model=MODEL, input=[tokens]).data[0].embedding
     assert max(abs(a - b) for a, b in zip(by_ids, floats, strict=True)) < 1e-5
 
@@ -63,14 +67,14 @@ def test_openai_errors(client: openai.OpenAI, server: Server) -> None:
         client.embeddings.create(model=MODEL, input="x", dimensions=64)
     assert f"{SMOL_DIM} dimensions" in dims.value.message
     assert client.embeddings.create(model=MODEL, input="x", dimensions=SMOL_DIM).data[0].embedding
-    empty = httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL, "input": []})
+    empty = post(f"{server.url}/v1/embeddings", json={"model": MODEL, "input": []})
     assert empty.status_code == 400 and empty.json()["error"]["type"] == "invalid_request_error"
-    many = httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL, "input": ["a"] * 2049})
+    many = post(f"{server.url}/v1/embeddings", json={"model": MODEL, "input": ["a"] * 2049})
     assert many.status_code == 400 and "2048" in many.json()["error"]["message"]
 
 
 def test_ollama_embed_and_legacy_embeddings(server: Server) -> None:
-    client = ollama.Client(host=server.url)
+    client = ollama.Client(host=server.url, timeout=TIMEOUT)
     r = client.embed(model=MODEL, input=[*SIMILAR, UNRELATED])
     assert r.model == MODEL and len(r.embeddings) == 3 and r.prompt_eval_count > 15
     assert r.total_duration is not None and r.total_duration > 0
@@ -88,28 +92,27 @@ def test_ollama_embed_and_legacy_embeddings(server: Server) -> None:
 
 
 def test_kobold_route_shape_and_truncation(server: Server) -> None:
-    r = httpx.post(f"{server.url}/api/extra/embeddings", json={"input": [SIMILAR[0], "word " * 3000]},
-                   timeout=120)
+    r = post(f"{server.url}/api/extra/embeddings", json={"input": [SIMILAR[0], "word " * 3000]})
     body = r.json()
     assert r.status_code == 200 and body["object"] == "list" and body["model"] == MODEL
     assert [d["index"] for d in body["data"]] == [0, 1] and len(body["data"][0]["embedding"]) == SMOL_DIM
     assert round(float(np.linalg.norm(body["data"][0]["embedding"])), 5) == 1.0
     assert body["usage"]["prompt_tokens"] == 7 + 2048  # the long input kept its last 2048 tokens
-    refused = httpx.post(f"{server.url}/api/extra/embeddings", json={"input": "word " * 3000, "truncate": False})
+    refused = post(f"{server.url}/api/extra/embeddings", json={"input": "word " * 3000, "truncate": False})
     assert refused.status_code == 400 and "2048" in refused.json()["detail"]["msg"]
-    assert httpx.get(f"{server.url}/api/extra/version").json()["embeddings"] is True
+    assert get(f"{server.url}/api/extra/version").json()["embeddings"] is True
 
 
 def test_embeddings_model_serves_requests_without_a_known_model(servers: Servers, model_path: Path,
                                                                 gemma_path: Path) -> None:
     srv = servers.start("--model", str(model_path), "--embeddingsmodel", str(gemma_path), "--contextsize", "1024")
-    kobold = httpx.post(f"{srv.url}/api/extra/embeddings", json={"input": "hello"}, timeout=60).json()
-    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
+    kobold = post(f"{srv.url}/api/extra/embeddings", json={"input": "hello"}).json()
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
     hard_coded = client.embeddings.create(model="text-embedding-3-small", input="hello")
     named = client.embeddings.create(model=MODEL, input="hello")
     assert kobold["model"] == hard_coded.model == gemma_path.stem
     assert len(kobold["data"][0]["embedding"]) == len(hard_coded.data[0].embedding) == 640  # Gemma 3 270M
     assert named.model == MODEL and len(named.data[0].embedding) == SMOL_DIM
     # Generation still goes to the --model.
-    gen = httpx.post(f"{srv.url}/api/v1/generate", json={"prompt": "Hi", "max_length": 2}, timeout=60)
-    assert gen.status_code == 200 and httpx.get(f"{srv.url}/api/v1/model").json()["result"].endswith(MODEL)
+    gen = post(f"{srv.url}/api/v1/generate", json={"prompt": "Hi", "max_length": 2})
+    assert gen.status_code == 200 and get(f"{srv.url}/api/v1/model").json()["result"].endswith(MODEL)
