@@ -233,8 +233,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("sdlora", ("--sdlora",), K.STR, "", support=R, reason=_IMAGE),
     Option("whispermodel", ("--whispermodel",), K.STR, "", support=R, reason=_AUDIO),
     Option("ttsmodel", ("--ttsmodel",), K.STR, "", support=R, reason=_AUDIO),
-    Option("embeddingsmodel", ("--embeddingsmodel",), K.STR, "", support=R,
-           reason="embedding models are not implemented"),
+    Option("embeddingsmodel", ("--embeddingsmodel",), K.STR, "",
+           "A GGUF served as a model of its own for embeddings requests that name no model (and KoboldCpp's "
+           "/api/extra/embeddings); any catalog model also makes embeddings when named."),
 )
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}

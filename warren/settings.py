@@ -73,6 +73,7 @@ class ServerSettings:
     body_timeout: float = 30.0  # seconds a body may pause between chunks
     preload_story: str = ""  # --preloadstory: the story's JSON text, read at start-up (warren/story.py)
     chat_adapter: str = "AutoGuess"  # --chatcompletionsadapter (warren/api/chat_format.py)
+    embeddings_model: Path | None = None  # --embeddingsmodel: a catalog entry for embeddings (warren/api/embedding.py)
 
     @property
     def queue_limit(self) -> int:

@@ -308,6 +308,14 @@ def rule_model_file(ctx: RuleContext) -> Iterator[Finding]:
         yield err(exc.message, exc.hint)
 
 
+def rule_embeddings_model(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.opts["embeddingsmodel"]:
+        try:
+            read_gguf(ctx.opts["embeddingsmodel"])
+        except ModelFileError as exc:
+            yield err(f"--embeddingsmodel: {exc.message}", exc.hint)
+
+
 def rule_context_vs_training(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.gguf and ctx.gguf.context_length and ctx.opts["contextsize"] > ctx.gguf.context_length:
         yield Finding(Level.WARNING, f"--contextsize {ctx.opts['contextsize']} is above the model's training "
@@ -350,7 +358,7 @@ RULES: tuple[Rule, ...] = (
     rule_passwords,
     rule_admin_dir, rule_pool,
     rule_model_given, rule_model_file, rule_context_vs_training, rule_gpu_layers, rule_mlock_limit,
-    rule_preload_story, rule_chat_adapter,
+    rule_preload_story, rule_chat_adapter, rule_embeddings_model,
 )
 
 
@@ -436,6 +444,7 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
         body_timeout=o["bodytimeout"],
         preload_story=read_story(o["preloadstory"]),
         chat_adapter=o["chatcompletionsadapter"] or "AutoGuess",
+        embeddings_model=Path(o["embeddingsmodel"]).resolve() if o["embeddingsmodel"] else None,
     )
     model = None
     if ctx.gguf is not None:

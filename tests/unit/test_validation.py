@@ -69,6 +69,8 @@ ROWS: list[tuple[str, dict[str, Any], set[str], Environment, Level, str, dict[st
     ("models dir missing", {"modelsdir": "/no/such"}, set(), NO_LIMIT, Level.ERROR, "is not an existing directory",
      {}),
     ("catalog missing", {"catalog": "/no/such.toml"}, set(), NO_LIMIT, Level.ERROR, "is not a file", {}),
+    ("embeddings model missing", {"embeddingsmodel": "/no/such.gguf"}, set(), NO_LIMIT, Level.ERROR,
+     "--embeddingsmodel:", {}),
 ]
 
 

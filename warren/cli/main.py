@@ -132,7 +132,8 @@ def run(argv: list[str] | None) -> int:
 
 def build_catalog(plan: Plan, opts: dict[str, Any]) -> Catalog:
     """The catalog, checked: invalid entries are warned about, a pinned set over the budget is an error."""
-    catalog = Catalog(opts, active=plan.model, dirs=plan.server.models_dirs, catalog_file=plan.server.catalog_file)
+    catalog = Catalog(opts, active=plan.model, dirs=plan.server.models_dirs, catalog_file=plan.server.catalog_file,
+                      embeddings=plan.server.embeddings_model)
     catalog.refresh()
     for entry in catalog.entries.values():
         if not entry.valid:

@@ -32,6 +32,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+from warren.embeddings import EmbeddingResult, EmbedRequest
 from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed, WorkerNotPlaced
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
@@ -310,14 +311,7 @@ class ModelInstance:
             if abort is not None and abort.is_set():
                 yield GenerationResult("", FinishReason.ABORT, 0, 0, 0.0, 0.0, 0)
                 return
-            if queued_for is not None and (self.handle is not queued_for or not queued_for.alive):
-                await queued_for.exited.wait()  # its exit is classified before anyone acts on it
-                cause = queued_for.exit_error
-                if not isinstance(cause, WorkerCrashed):
-                    raise cause or WorkerClosed(f"model {self.name!r} was unloaded", model=self.name)
-                self._report_crash(queued_for)  # the pool must know before the caller acquires again
-                raise RequestNotStarted(f"the worker for model {self.name!r} ended before this request reached "
-                                        f"it ({cause.message})", cause=cause, model=self.name)
+            await self._still_there(queued_for)
             if on_start is not None:
                 on_start()
             handle = self.require_ready()
@@ -331,6 +325,18 @@ class ModelInstance:
                 raise
             finally:
                 self.last_used = time.monotonic()
+
+    async def _still_there(self, queued_for: WorkerHandle | None) -> None:
+        """At a request's turn: ``RequestNotStarted`` if the worker it queued for died meanwhile (crashed,
+        killed as frozen or hung), the stop's error if it was stopped on purpose."""
+        if queued_for is not None and (self.handle is not queued_for or not queued_for.alive):
+            await queued_for.exited.wait()  # its exit is classified before anyone acts on it
+            cause = queued_for.exit_error
+            if not isinstance(cause, WorkerCrashed):
+                raise cause or WorkerClosed(f"model {self.name!r} was unloaded", model=self.name)
+            self._report_crash(queued_for)  # the pool must know before the caller acquires again
+            raise RequestNotStarted(f"the worker for model {self.name!r} ended before this request reached "
+                                    f"it ({cause.message})", cause=cause, model=self.name)
 
     @contextlib.asynccontextmanager
     async def _cores(self, handle: WorkerHandle) -> AsyncIterator[None]:
@@ -386,6 +392,25 @@ class ModelInstance:
                 result = item
         assert result is not None
         return result
+
+    # -- embeddings ---------------------------------------------------------------------------------
+    async def embed(self, request: EmbedRequest) -> EmbeddingResult:
+        """All of ``request``'s inputs in one worker round trip, in the model's turn like a generation (the worker
+        runs it on its main thread; it queues behind generations, and ``Busy`` past the queue limit), on a share
+        of the cores. A worker that died before the turn came gives ``RequestNotStarted``, as a generation."""
+        queued_for = self.handle
+        async with self._turn():
+            await self._still_there(queued_for)
+            handle = self.require_ready()
+            self.last_used = time.monotonic()
+            try:
+                async with self._cores(handle):
+                    return await handle.embed(request)
+            except WorkerCrashed:
+                self._report_crash(handle)
+                raise
+            finally:
+                self.last_used = time.monotonic()
 
     # -- tokens -------------------------------------------------------------------------------------
     async def tokenize(self, text: str, special: bool = True) -> list[int]:

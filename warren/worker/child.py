@@ -41,6 +41,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from warren.embeddings import EmbedRequest
 from warren.errors import InvalidRequest, WarrenError, WorkerLoadFailed
 from warren.model_info import ModelInfo
 from warren.params import GenerationParams, GenerationResult
@@ -236,11 +237,21 @@ class Worker:
             if drop is not None:
                 drop()
             return p.Result(id=frame.id, value=None)
+        if isinstance(frame, p.Embed):
+            return self.embed(frame)
         if isinstance(frame, p.Tokenize):
             return p.Result(id=frame.id, value=self.engine.tokenize(frame.text, frame.special))
         if isinstance(frame, p.Detokenize):
             return p.Result(id=frame.id, value=self.engine.detokenize(frame.ids))
         raise InvalidRequest(f"the worker does not handle {frame.type_name} frames")
+
+    def embed(self, frame: p.Embed) -> p.Frame:
+        """On the main thread, like a generation: the embeddings context decodes on the cores the pool gave."""
+        embed = getattr(self.engine, "embed", None)
+        if embed is None:
+            raise InvalidRequest("this worker's engine cannot make embeddings")
+        r = embed(EmbedRequest.from_wire(frame.request))
+        return p.Embeddings(id=frame.id, vectors=r.data, dim=r.dim, tokens=list(r.tokens), seconds=r.seconds)
 
     def streamer(self, request_id: int) -> Callable[[str], None]:
         send, token = self.channel.send, p.Token

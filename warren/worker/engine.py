@@ -38,6 +38,7 @@ import numpy as np
 
 from warren import flash_attention
 from warren.bounds import GRAMMAR_STEP_SECONDS
+from warren.embeddings import EmbeddingResult, EmbedRequest
 from warren.errors import (
     GrammarRejected,
     InvalidRequest,
@@ -52,6 +53,7 @@ from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
 from warren.worker import flash_probe, kvstate, shift
 from warren.worker.batching import BatchRunner
+from warren.worker.embedding import Embedder
 from warren.worker.parking import drop_file_pages, trim_heap
 from warren.worker.prefault import Prefault
 from warren.worker.stops import StopMatcher
@@ -202,6 +204,7 @@ class LlamaEngine:
         self.n_batch = 512
         self.cached: list[int] = []  # tokens whose K/V are in the cache (sequence 0), in order
         self.eog_tokens: list[int] = []
+        self.embedder: Embedder | None = None  # the embeddings context, made on first use (``embedding.py``)
         self.vocabulary: Vocabulary | None = None  # token facts for grammar checks, made on first use
         self.piece_buf = ctypes.create_string_buffer(256)
         self.one_token = (L.llama_token * 1)()
@@ -339,6 +342,7 @@ class LlamaEngine:
         """Free the context and the weights' pages; keep the model for a quick ``load`` later, and the cached
         sequences' KV state when it takes at most ``keep_state_bytes`` (negative: any size). Returns the bytes kept."""
         self.saved = None
+        self._close_embedder()
         # One sequence only: with --parallelrequests the sequences share a unified cache, and a sequence put
         # back there was seen to give other greedy text than before the park (issue 14): not kept, for now.
         if self.ctx is not None and keep_state_bytes != 0 and self.parallel == 1:
@@ -373,6 +377,22 @@ class LlamaEngine:
         if token < 0:
             return ""
         return (L.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
+
+    # -- embeddings (``warren/worker/embedding.py``) ----------------------------------------------------
+    def embed(self, request: EmbedRequest) -> EmbeddingResult:
+        """Every input of ``request`` in its own context (the generation's KV cache is left as it is), on the
+        threads the generation context runs now (the pool's share)."""
+        if self.ctx is None:
+            raise WorkerClosed("the model is parked: it needs a Load to get a context back")
+        if self.embedder is None:
+            self.embedder = Embedder(self.model, self.vocab, self.n_ctx,
+                                     lambda text: self.tokenize(text, special=True, add_bos=True))
+        return self.embedder.run(request, int(L.llama_n_threads(self.ctx)))
+
+    def _close_embedder(self) -> None:
+        if self.embedder is not None:
+            self.embedder.close()
+            self.embedder = None
 
     # -- the pool's share of the cores ----------------------------------------------------------------
     def set_threads(self, threads: int, cores: list[int]) -> None:

@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from warren.embeddings import EmbeddingResult, EmbedRequest
 from warren.errors import (
     Busy,
     InvalidRequest,
@@ -240,6 +241,13 @@ class WorkerHandle:
         frame = await self._request(frame_type(id=next(self._ids), **fields), timeout)
         assert isinstance(frame, p.Result)
         return frame.value
+
+    async def embed(self, request: EmbedRequest) -> EmbeddingResult:
+        """One ``Embed``, one ``Embeddings``: no timeout, as a generation has none (it runs on the worker's main
+        thread; the heartbeat still watches the worker, and a client that leaves does not stop it)."""
+        frame = await self._request(p.Embed(id=next(self._ids), request=request.as_wire()))
+        assert isinstance(frame, p.Embeddings)
+        return EmbeddingResult(frame.vectors, frame.dim, tuple(frame.tokens), frame.seconds)
 
     async def generate(self, params: GenerationParams, stream: bool, abort: asyncio.Event | None = None,
                        on_done: Callable[[p.Done], None] | None = None) -> AsyncIterator[p.Token | p.Done]:

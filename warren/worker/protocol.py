@@ -13,6 +13,7 @@ Wire format (one frame)::
 - A generation is one ``Generate`` answered by any number of ``Token`` frames (only when it asked to
   stream) closed by exactly one ``Done`` or ``Failed``. ``Cancel`` asks the worker to stop early; the
   request still ends with its ``Done`` (finish reason ``abort``).
+- Embeddings are one ``Embed`` (every input of the request) answered by one ``Embeddings`` or ``Failed``.
 - Errors cross as ``Failed`` frames carrying ``WarrenError.to_wire()``, rebuilt on the other side as the
   same class.
 
@@ -93,6 +94,14 @@ class Detokenize(Frame):
 
 
 @dataclass(frozen=True, slots=True)
+class Embed(Frame):
+    """Embed every input (a text, or a list of token ids) in one round trip: ``warren/embeddings.py``'s
+    ``EmbedRequest.as_wire()``. Answered by ``Embeddings``."""
+
+    request: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Ping(Frame):
     pass
 
@@ -144,6 +153,17 @@ class Done(Frame):
     generation_seconds: float = 0.0
     seed: int = 0
     cached_tokens: int = 0  # prompt tokens whose K/V were already in the cache (not decoded again)
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings(Frame):
+    """The vectors of an ``Embed``, in input order: ``len(tokens)`` vectors of ``dim`` little-endian float32
+    values, concatenated (a quarter of the bytes of msgpack's float64 lists, and no per-value decoding)."""
+
+    vectors: bytes = b""
+    dim: int = 0
+    tokens: list[int] = field(default_factory=list)  # tokens embedded per input (after any truncation)
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
