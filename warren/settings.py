@@ -71,6 +71,8 @@ class ServerSettings:
     body_timeout: float = 30.0  # seconds a body may pause between chunks
     preload_story: str = ""  # --preloadstory: the story's JSON text, read at start-up (warren/story.py)
     chat_adapter: str = "AutoGuess"  # --chatcompletionsadapter (warren/api/chat_format.py)
+    kvcache_dir: Path | None = None  # --kvcache-dir: the disk tier of stopped workers' KV state (worker/kvfile.py)
+    kvcache_bytes: int = 0  # --kvcache-size: the most its files take
 
     @property
     def queue_limit(self) -> int:

@@ -78,6 +78,8 @@ class Pool:
         self.clock: Clock = clock or MonotonicClock()
         self.heartbeat = heartbeat
         self.park_evicted = park
+        # --kvcache-dir: stopped workers' KV states go to files there (warren/worker/kvfile.py); not memory
+        self.disk_tier = (str(server.kvcache_dir), server.kvcache_bytes) if server.kvcache_dir else ("", 0)
         self.policy = PoolPolicy(self, budget=budget, max_models=max_models, keep_alive=keep_alive,
                                  wait_seconds=wait_seconds)
         self.instances: dict[str, ModelInstance] = {}
@@ -224,7 +226,7 @@ class Pool:
             inst = ModelInstance(entry.settings, launcher=self.launcher, queue_limit=self.server.queue_limit,
                                  heartbeat=self.heartbeat, on_exit=self._on_crash,
                                  on_progress=lambda i: self.view.publish(i, "progress"), culprits=self.culprits,
-                                 compute=self.compute)
+                                 compute=self.compute, disk_tier=self.disk_tier)
             self.instances[entry.name] = inst
         elif inst.settings != entry.settings and inst.name not in self.policy.residents:
             inst.settings = entry.settings  # the entry changed while it was not loaded
