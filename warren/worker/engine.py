@@ -218,6 +218,7 @@ class LlamaEngine:
         self.saved: kvstate.SavedState | None = None  # the sequences kept while parked (``kvstate.py``)
         self.disk: tuple[Path, int] | None = None  # --kvcache-dir and its size bound (``kvfile.py``), if any
         self.restored: dict[str, Any] = {}  # where the last context's state came from, for the Ready frame
+        self.entry_name = ""  # the catalog entry loaded (part of a disk file's key)
 
     @staticmethod
     def build_info() -> dict[str, Any]:
@@ -379,8 +380,9 @@ class LlamaEngine:
         return self._write_state(state) if state is not None else 0
 
     def _disk_key(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
-        """A file outlives this process: its key also names the engine, whose state layout is its own."""
-        return (*key, "llama-cpp-python", L.__version__)
+        """A file outlives this process: its key also names the engine, whose state layout is its own, and the
+        catalog entry — two entries of one model file would otherwise overwrite each other's conversation."""
+        return (*key, "llama-cpp-python", L.__version__, self.entry_name)
 
     def _write_state(self, state: kvstate.SavedState) -> int:
         assert self.disk is not None
@@ -398,6 +400,7 @@ class LlamaEngine:
         in memory, the state the disk tier holds for this key (a worker that was stopped, or warren restarted).
         Either way the saved bytes are freed (the context holds them now, or they cannot be used)."""
         self.context_key = (*kvstate.state_key(settings), self.flash)  # flash attention stores V otherwise
+        self.entry_name = settings.name
         saved, self.saved = self.saved, None
         self.restored = {}
         source = "memory"
