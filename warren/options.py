@@ -135,6 +135,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("nopark", ("--no-park", "--nopark"), K.FLAG, False,
            "Stop models evicted to make room instead of parking them (a parked model keeps its worker and "
            "tokenizer tables within the budget, so switching back to it takes a new context only)."),
+    Option("kvcachedir", ("--kvcache-dir", "--kvcachedir"), K.STR, "",
+           "Keep the KV state (the conversation's cache) of stopped models in files in this directory, so the next "
+           "load of the model, even after a restart, does not read the conversation again. Off when not given."),
+    Option("kvcachesize", ("--kvcache-size", "--kvcachesize"), K.INT, 2048,
+           "MB the --kvcache-dir files may take; the least recently used are deleted first."),
     Option("corsorigins", ("--cors-origins", "--corsorigins"), K.STRS, ["*"],
            "Origins browsers may call the API from (KoboldCpp answers every origin: *). Give none to send no "
            "CORS headers."),

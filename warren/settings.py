@@ -74,6 +74,8 @@ class ServerSettings:
     preload_story: str = ""  # --preloadstory: the story's JSON text, read at start-up (warren/story.py)
     chat_adapter: str = "AutoGuess"  # --chatcompletionsadapter (warren/api/chat_format.py)
     embeddings_model: Path | None = None  # --embeddingsmodel: a catalog entry for embeddings (warren/api/embedding.py)
+    kvcache_dir: Path | None = None  # --kvcache-dir: the disk tier of stopped workers' KV state (worker/kvfile.py)
+    kvcache_bytes: int = 0  # --kvcache-size: the most its files take
 
     @property
     def queue_limit(self) -> int:

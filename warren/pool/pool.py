@@ -90,6 +90,8 @@ class Pool:
         self.heartbeat = heartbeat
         places = self.launcher.places
         self.park_evicted = park and not places
+        # --kvcache-dir: stopped workers' KV states go to files there (warren/worker/kvfile.py); not memory
+        self.disk_tier = (str(server.kvcache_dir), server.kvcache_bytes) if server.kvcache_dir else ("", 0)
         self.policy = PoolPolicy(self, budget=budget, nodes={} if places else None, max_models=max_models,
                                  keep_alive=keep_alive, wait_seconds=wait_seconds)
         self.cluster: dict[str, Node] = {}  # a placing launcher's nodes, as last surveyed
@@ -299,7 +301,7 @@ class Pool:
             inst = ModelInstance(entry.settings, launcher=self.launcher, queue_limit=self.server.queue_limit,
                                  heartbeat=self.heartbeat, on_exit=self._on_crash,
                                  on_progress=lambda i: self.view.publish(i, "progress"), culprits=self.culprits,
-                                 compute=None if self.launcher.places else self.compute)
+                                 compute=None if self.launcher.places else self.compute, disk_tier=self.disk_tier)
             self.instances[entry.name] = inst
         elif inst.settings != entry.settings and inst.name not in self.policy.residents:
             inst.settings = entry.settings  # the entry changed while it was not loaded

@@ -239,6 +239,9 @@ class Worker:
             return p.Result(id=frame.id, value=None)
         if isinstance(frame, p.Embed):
             return self.embed(frame)
+        if isinstance(frame, p.SaveState):
+            save = getattr(self.engine, "save_state", None)
+            return p.Result(id=frame.id, value={"bytes": int(save() or 0) if save is not None else 0})
         if isinstance(frame, p.Tokenize):
             return p.Result(id=frame.id, value=self.engine.tokenize(frame.text, frame.special))
         if isinstance(frame, p.Detokenize):
@@ -283,6 +286,9 @@ class Worker:
                 last[0] = fraction
                 self.channel.send(p.Progress(id=frame.id, fraction=round(fraction, 3)))
 
+        set_disk_tier = getattr(self.engine, "set_disk_tier", None)
+        if set_disk_tier is not None:
+            set_disk_tier(frame.kvcache_dir, frame.kvcache_bytes)
         try:
             info = self.engine.load(settings, progress, Prefault(frame.prefault_bytes, frame.prefault_after))
         except WarrenError:

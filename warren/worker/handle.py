@@ -84,6 +84,7 @@ class WorkerHandle:
         self.cores: tuple[int, ...] = ()  # (): not pinned yet
         self.load_seconds = 0.0
         self.started_at = 0.0
+        self.disk_tier: tuple[str, int] = ("", 0)  # --kvcache-dir and its bound, sent with each Load ("": none)
         self._pending: dict[int, asyncio.Queue[p.Frame | WarrenError]] = {}
         self._ids = itertools.count(1)
         self._hello: asyncio.Future[p.Hello] | None = None
@@ -137,7 +138,8 @@ class WorkerHandle:
     async def load(self, prefault_bytes: int = 0, prefault_after: Sequence[int] = ()) -> ModelInfo:
         """``prefault_bytes``/``prefault_after``: see ``warren/worker/prefault.py``."""
         frame = await self._request(p.Load(id=next(self._ids), settings=self.settings.as_wire(),
-                                           prefault_bytes=prefault_bytes, prefault_after=list(prefault_after)),
+                                           prefault_bytes=prefault_bytes, prefault_after=list(prefault_after),
+                                           kvcache_dir=self.disk_tier[0], kvcache_bytes=self.disk_tier[1]),
                                    self._load_timeout, kill_on_timeout=True)
         assert isinstance(frame, p.Ready)
         self.model_info = ModelInfo.from_wire(frame.model)
@@ -167,6 +169,13 @@ class WorkerHandle:
     async def drop_state(self) -> None:
         """Ask a parked worker to free the KV state it kept (``DropState``)."""
         await self._request(p.DropState(id=next(self._ids)), CALL_TIMEOUT)
+
+    async def save_state(self, timeout: float) -> int:
+        """Ask the worker to write its cached conversation to the disk tier (``SaveState``) before it is stopped;
+        the bytes written."""
+        answer = await self._request(p.SaveState(id=next(self._ids)), timeout)
+        value = answer.value if isinstance(answer, p.Result) else None
+        return int(value.get("bytes", 0)) if isinstance(value, dict) else 0
 
     async def kill(self, reason: str, kind: ExitKind = ExitKind.HUNG) -> None:
         """End a misbehaving worker now; waiters get ``WorkerCrashed`` with ``reason``; ``kind`` becomes

@@ -55,6 +55,8 @@ class Load(Frame):
     settings: dict[str, Any] = field(default_factory=dict)  # ModelSettings.as_wire()
     prefault_bytes: int = 0  # the KV cache's estimated size, faulted in while the model loads
     prefault_after: list[int] = field(default_factory=list)  # pids of the workers this load replaces
+    kvcache_dir: str = ""  # --kvcache-dir: the disk tier of KV states ("": none; warren/worker/kvfile.py)
+    kvcache_bytes: int = 0  # --kvcache-size: the most its files may take
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,12 @@ class Park(Frame):
 @dataclass(frozen=True, slots=True)
 class DropState(Frame):
     """A parked worker frees the KV state it kept (the pool needs the memory). ``Result``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SaveState(Frame):
+    """The pool is about to stop this worker: write its cached conversation (the context's, or the state kept
+    while parked) to the disk tier named at ``Load``. ``Result`` with ``{"bytes": written}``."""
 
 
 @dataclass(frozen=True, slots=True)
