@@ -129,7 +129,7 @@ class BatchRunner:
             n_keep = 0
         slot.cached = slot.cached[:n_keep]
         seed = params.seed if params.seed >= 0 else random.getrandbits(31)
-        sampler = engine._sampler(params, seed)
+        sampler = engine._sampler(params, seed, tokens)
         window = min(params.context_limit or engine.n_ctx, engine.n_ctx)
         slot.running = Running(request_id, params, tokens, emit, cancelled, finish, sampler, seed,
                                max_new=min(params.max_tokens, window - len(tokens)), read=n_keep, reused=n_keep,

@@ -29,7 +29,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from warren.grammar import check_gbnf, check_schema
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult
 from warren.settings import ModelSettings
-from warren.worker import flash_probe, kvstate, shift
+from warren.worker import flash_probe, kvstate, samplers, shift
 from warren.worker.batching import BatchRunner
 from warren.worker.parking import drop_file_pages, trim_heap
 from warren.worker.prefault import Prefault
@@ -96,7 +96,7 @@ def _schema_grammar(schema: str) -> str:
                               param="json_schema") from None
 
 
-TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+TOKEN_DATA = samplers.TOKEN_DATA
 
 
 class Vocabulary:
@@ -174,7 +174,7 @@ class GuardedSampler:
 
     def free(self) -> None:
         L.llama_sampler_free(self.pre)
-        L.llama_sampler_free(self.post)
+        samplers.free(self.post)
 
 
 def _model_key(settings: ModelSettings) -> tuple[Any, ...]:
@@ -452,8 +452,9 @@ class LlamaEngine:
         return self.piece_buf.raw[:n]
 
     # -- sampling -----------------------------------------------------------------------------------
-    def _sampler(self, params: GenerationParams, seed: int) -> Any:
-        """The sampler chain for ``params``: one chain, or a ``GuardedSampler`` when there is a grammar."""
+    def _sampler(self, params: GenerationParams, seed: int, history: Sequence[int] = ()) -> Any:
+        """The sampler chain for ``params`` (``warren/worker/samplers.py``): one chain, or a ``GuardedSampler``
+        when there is a grammar. ``history``: the prompt, which the repetition penalty and DRY look back over."""
         n_vocab = L.llama_vocab_n_tokens(self.vocab)
         biases = dict(params.logit_bias)
         outside = [t for t in biases if not 0 <= t < n_vocab]
@@ -473,42 +474,20 @@ class LlamaEngine:
                 if len(ids) == 1:
                     biases[ids[0]] = float("-inf")
         biases = {t: b for t, b in biases.items() if 0 <= t < n_vocab}
-        if biases:
-            arr = (L.llama_logit_bias * len(biases))(*(L.llama_logit_bias(t, b) for t, b in biases.items()))
-            add(chain, L.llama_sampler_init_logit_bias(n_vocab, len(biases), arr))
-        if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
-            add(chain, L.llama_sampler_init_penalties(n_vocab, params.repeat_last_n, params.repeat_penalty,
-                                                      params.frequency_penalty, params.presence_penalty))
         guarded = None
+        post = chain
         if gbnf:
             grammar = L.llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
             if not grammar:
                 L.llama_sampler_free(chain)
                 raise GrammarRejected("llama.cpp could not use the grammar (its log is in the worker's stderr)",
                                       param="grammar")
-            add(chain, grammar)
             post = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
             guarded = GuardedSampler(self.ctx, n_vocab, chain, post)
-            chain = post  # the picking samplers go into the second chain
-        if params.temperature <= 0 or params.top_k == 1:
-            add(chain, L.llama_sampler_init_greedy())
-        elif params.mirostat == 1:
-            add(chain, L.llama_sampler_init_temp(params.temperature))
-            add(chain, L.llama_sampler_init_mirostat(n_vocab, seed, params.mirostat_tau, params.mirostat_eta, 100))
-        elif params.mirostat == 2:
-            add(chain, L.llama_sampler_init_temp(params.temperature))
-            add(chain, L.llama_sampler_init_mirostat_v2(seed, params.mirostat_tau, params.mirostat_eta))
-        else:
-            if params.top_k > 0:
-                add(chain, L.llama_sampler_init_top_k(params.top_k))
-            if params.typical_p < 1.0:
-                add(chain, L.llama_sampler_init_typical(params.typical_p, 1))
-            if params.top_p < 1.0:
-                add(chain, L.llama_sampler_init_top_p(params.top_p, 1))
-            if params.min_p > 0:
-                add(chain, L.llama_sampler_init_min_p(params.min_p, 1))
-            add(chain, L.llama_sampler_init_temp(params.temperature))
-            add(chain, L.llama_sampler_init_dist(seed))
+        # biases, penalties and DRY into ``chain``, the grammar after them, the picking samplers into ``post``
+        samplers.build(params, self.vocab, n_vocab, seed, biases, history, chain, post)
+        if gbnf:
+            add(chain, grammar)
         return guarded or chain
 
     def _grammar(self, params: GenerationParams) -> str:
@@ -544,7 +523,7 @@ class LlamaEngine:
         if isinstance(sampler, GuardedSampler):
             sampler.free()
         else:
-            L.llama_sampler_free(sampler)
+            samplers.free(sampler)
 
     # -- several requests at once (--parallelrequests) --------------------------------------------------
     def batch_runner(self) -> BatchRunner:
@@ -619,7 +598,7 @@ class LlamaEngine:
         seed = params.seed if params.seed >= 0 else random.getrandbits(31)
         started = time.perf_counter()
         tokens = self._prepare_prompt(params)
-        sampler = self._sampler(params, seed)
+        sampler = self._sampler(params, seed, tokens)
         try:
             read, reused = self._decode_prompt(tokens, cancelled)
             prompt_done = time.perf_counter()
