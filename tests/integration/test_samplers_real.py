@@ -64,6 +64,14 @@ def test_each_sampler_changes_a_seeded_output(srv: Server, fields: dict[str, Any
     assert text(srv, FRANCE, **HOT, **fields) != text(srv, FRANCE, **HOT)
 
 
+def test_rep_pen_slope_softens_the_penalty_of_older_tokens(srv: Server) -> None:
+    """Slope 0: tokens only in the older half of the range are not penalised at all, so greedy output changes."""
+    pen = {**GREEDY, "rep_pen": 1.3, "rep_pen_range": 64}
+    flat = text(srv, REPEAT, **pen)
+    assert flat != text(srv, REPEAT, **GREEDY)  # the penalty itself works
+    assert text(srv, REPEAT, **pen, rep_pen_slope=0.0) != flat
+
+
 def test_sampler_order_leaves_out_the_samplers_it_does_not_name(srv: Server) -> None:
     with_top_a = text(srv, FRANCE, **HOT, top_a=0.5)
     without = text(srv, FRANCE, **HOT, top_a=0.5, sampler_order=[6, 0, 2, 3, 4, 5])  # no 1: no top_a

@@ -16,7 +16,8 @@ belong with the logit biases, before a grammar); leaving id 6 out of an explicit
 Greedy (temperature 0 or ``top_k`` 1) and Mirostat keep only the samplers that change which token wins: biases,
 repetition penalty, DRY.
 
-Samplers llama.cpp's C API does not have — ``top_a``, ``tfs``, quadratic smoothing — are ``PySampler``s: a
+Samplers llama.cpp's C API does not have — ``top_a``, ``tfs``, quadratic smoothing, the repetition penalty's
+``rep_pen_slope`` — are ``PySampler``s: a
 Python callback over the candidates array (numpy on llama.cpp's memory). Each costs a little per token; the
 figures are in ``docs/api-compat.md``. They are in the chain only when the request sets them.
 
@@ -44,19 +45,21 @@ _alive: dict[int, list[Any]] = {}  # chain address -> the Python callbacks its P
 
 class PySampler:
     """A llama.cpp sampler whose ``apply`` is a Python function of the candidates (a numpy view of
-    ``llama_token_data``, in place). The function returns how many candidates to keep after sorting them by logit
-    (descending), or None to keep them all unsorted. The interface struct and callbacks must outlive the chain;
+    ``llama_token_data``, changed in place). The function returns a mask of the candidates to keep (they keep their
+    order), or None to keep them all. The interface struct and callbacks must outlive the chain;
     ``build`` records them in ``_alive`` until ``free``."""
 
-    def __init__(self, name: str, fn: Callable[[np.ndarray], int | None]) -> None:
+    def __init__(self, name: str, fn: Callable[[np.ndarray], np.ndarray | None],
+                 accept: Callable[[int], None] | None = None) -> None:
         self.fn = fn
         self.name_bytes = name.encode()
         self.callbacks = (
             L.llama_sampler_i_name(lambda _s: self.name_bytes),
             L.llama_sampler_i_apply(self._apply),
+            L.llama_sampler_i_accept(lambda _s, token: accept(int(token))) if accept else L.llama_sampler_i_accept(),
         )
         iface = L.llama_sampler_i()
-        iface.name, iface.apply = self.callbacks
+        iface.name, iface.apply, iface.accept = self.callbacks
         self.iface = iface
         self.sampler = L.llama_sampler_init(ctypes.byref(iface), None)
 
@@ -68,12 +71,13 @@ class PySampler:
         buf = (ctypes.c_char * (n * TOKEN_DATA.itemsize)).from_address(ctypes.cast(arr.data, ctypes.c_void_p).value)
         data = np.frombuffer(buf, dtype=TOKEN_DATA)
         keep = self.fn(data)
-        if keep is None:
+        if keep is None:  # the logits changed: their order may have too
             arr.sorted = False
             return
-        if not arr.sorted:
-            data[:] = data[np.argsort(-data["logit"], kind="stable")]
-        arr.size, arr.sorted, arr.selected = max(1, min(keep, n)), True, -1
+        kept = data[keep]
+        if len(kept) and len(kept) < n:  # (the order is unchanged, so ``sorted`` stays what it was)
+            data[: len(kept)] = kept
+            arr.size, arr.selected = len(kept), -1
 
 
 def _probs(logits: np.ndarray) -> np.ndarray:
@@ -81,31 +85,33 @@ def _probs(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def top_a(a: float) -> Callable[[np.ndarray], int | None]:
+def top_a(a: float) -> Callable[[np.ndarray], np.ndarray | None]:
     """KoboldCpp's top-a: drop the tokens whose probability is below ``a`` × (the top probability)²."""
-    def apply(data: np.ndarray) -> int:
-        p = np.sort(_probs(data["logit"]))[::-1]
-        return int(np.count_nonzero(p >= a * p[0] * p[0]))
+    def apply(data: np.ndarray) -> np.ndarray:
+        p = _probs(data["logit"])
+        top = p.max()
+        return p >= a * top * top
     return apply
 
 
-def tail_free(z: float) -> Callable[[np.ndarray], int | None]:
+def tail_free(z: float) -> Callable[[np.ndarray], np.ndarray | None]:
     """Tail-free sampling (KoboldCpp's ``tfs``): cut where the normalised second derivative of the sorted
     probabilities has summed to ``z``."""
-    def apply(data: np.ndarray) -> int:
-        p = np.sort(_probs(data["logit"]))[::-1]
-        if len(p) < 3:
-            return len(p)
-        d2 = np.abs(np.diff(p, 2))
+    def apply(data: np.ndarray) -> np.ndarray | None:
+        p = _probs(data["logit"])
+        ranked = np.sort(p)[::-1]
+        if len(ranked) < 3:
+            return None
+        d2 = np.abs(np.diff(ranked, 2))
         total = d2.sum()
         if total <= 0:
-            return len(p)
-        cum = np.cumsum(d2 / total)
-        return int(np.count_nonzero(cum <= z)) + 1
+            return None
+        keep = int(np.count_nonzero(np.cumsum(d2 / total) <= z)) + 1
+        return p >= ranked[keep - 1]
     return apply
 
 
-def smoothing(factor: float, curve: float) -> Callable[[np.ndarray], int | None]:
+def smoothing(factor: float, curve: float) -> Callable[[np.ndarray], np.ndarray | None]:
     """Quadratic (with ``curve`` ≠ 1 cubic) sampling, as KoboldCpp: each logit becomes
     ``max - k·f·d² + s·f·d³`` of its distance ``d`` to the top logit, ``k = (3 - curve)/2``, ``s = (curve - 1)/2``."""
     k, s = (3.0 - curve) / 2.0, (curve - 1.0) / 2.0
@@ -115,6 +121,41 @@ def smoothing(factor: float, curve: float) -> Callable[[np.ndarray], int | None]
         d = logits - top
         data["logit"] = top - k * factor * d * d + s * factor * d * d * d
     return apply
+
+
+class SlopedPenalty:
+    """KoboldCpp's repetition penalty with ``rep_pen_slope``: over the last ``rep_pen_range`` tokens, those in the
+    newer half get ``rep_pen``, those only in the older half ``1 + (rep_pen - 1) * slope`` (a logit above 0 is
+    divided by the penalty, one below multiplied). llama.cpp's penalty sampler has no slope; this one touches only
+    the penalised tokens, so its cost is a Python call per token, not a pass over the vocabulary."""
+
+    def __init__(self, penalty: float, last_n: int, slope: float) -> None:
+        self.penalty, self.last_n = penalty, last_n
+        self.reduced = 1.0 + (penalty - 1.0) * slope if penalty > 1.0 else penalty
+        self.history: list[int] = []
+
+    def accept(self, token: int) -> None:
+        self.history.append(token)
+        if len(self.history) > 2 * self.last_n:
+            del self.history[: -self.last_n]
+
+    def __call__(self, data: np.ndarray) -> None:
+        recent = self.history[-self.last_n:] if self.last_n > 0 else []
+        if not recent:
+            return
+        half = len(recent) // 2  # the older half: recent[:half] (KoboldCpp: i*2 < n)
+        near = np.unique(np.asarray(recent[half:], dtype=np.int32))
+        far = np.setdiff1d(np.asarray(recent[:half], dtype=np.int32), near)
+        ids, logits = data["id"], data["logit"]
+        for tokens, penalty in ((near, self.penalty), (far, self.reduced)):
+            if not len(tokens):
+                continue
+            if len(ids) > int(tokens.max()) and np.array_equal(ids[tokens], tokens):
+                at = tokens  # the array is still in vocabulary order (llama.cpp builds it so)
+            else:
+                at = np.flatnonzero(np.isin(ids, tokens))
+            values = logits[at]
+            logits[at] = np.where(values <= 0, values * penalty, values / penalty)
 
 
 def build(params: GenerationParams, vocab: Any, n_vocab: int, seed: int, biases: dict[int, float],
@@ -129,7 +170,7 @@ def build(params: GenerationParams, vocab: Any, n_vocab: int, seed: int, biases:
     order = _order(params)
     greedy = params.temperature <= 0 or params.top_k == 1
     if REP_PEN in order or greedy or params.mirostat:
-        for sampler in _repetition(params, vocab, n_vocab, history):
+        for sampler in _repetition(params, vocab, n_vocab, history, keep):
             add(pre, sampler)
     if greedy:
         add(post, L.llama_sampler_init_greedy())
@@ -146,7 +187,7 @@ def build(params: GenerationParams, vocab: Any, n_vocab: int, seed: int, biases:
             for sampler in _ordered(sid, params, seed, keep):
                 add(post, sampler)
         add(post, L.llama_sampler_init_dist(seed))
-    if keep:
+    if keep:  # (in ``post``'s entry also when some sit in ``pre``: both chains are freed together)
         _alive[ctypes.addressof(post.contents)] = keep
 
 
@@ -155,12 +196,20 @@ def _order(params: GenerationParams) -> tuple[int, ...]:
     return tuple(dict.fromkeys(params.sampler_order)) if 1 <= len(params.sampler_order) <= 7 else KOBOLD_ORDER
 
 
-def _repetition(params: GenerationParams, vocab: Any, n_vocab: int, history: Sequence[int]) -> list[Any]:
+def _repetition(params: GenerationParams, vocab: Any, n_vocab: int, history: Sequence[int],
+                keep: list[Any]) -> list[Any]:
     out = []
-    if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
-        out.append((L.llama_sampler_init_penalties(n_vocab, params.repeat_last_n, params.repeat_penalty,
+    sloped = params.rep_pen_slope != 1.0 and params.repeat_penalty != 1.0 and params.repeat_last_n > 0
+    flat = 1.0 if sloped else params.repeat_penalty
+    if flat != 1.0 or params.presence_penalty or params.frequency_penalty:
+        out.append((L.llama_sampler_init_penalties(n_vocab, params.repeat_last_n, flat,
                                                    params.frequency_penalty, params.presence_penalty),
                     params.repeat_last_n))
+    if sloped:
+        rule = SlopedPenalty(params.repeat_penalty, params.repeat_last_n, params.rep_pen_slope)
+        sampler = PySampler("warren-rep-pen-slope", rule, rule.accept)
+        keep.append(sampler)
+        out.append((sampler.sampler, params.repeat_last_n))
     if params.dry_multiplier > 0:
         breakers = [b.encode("utf-8") for b in params.dry_sequence_breakers if b]
         arr = (ctypes.c_char_p * max(1, len(breakers)))(*breakers)
@@ -176,7 +225,7 @@ def _repetition(params: GenerationParams, vocab: Any, n_vocab: int, history: Seq
 
 def _ordered(sid: int, params: GenerationParams, seed: int, keep: list[Any]) -> list[Any]:
     """The samplers that KoboldCpp's id ``sid`` stands for here (none when its value is "off")."""
-    def py(name: str, fn: Callable[[np.ndarray], int | None]) -> Any:
+    def py(name: str, fn: Callable[[np.ndarray], np.ndarray | None]) -> Any:
         sampler = PySampler(name, fn)
         keep.append(sampler)
         return sampler.sampler
