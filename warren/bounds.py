@@ -50,6 +50,10 @@ STOP_MAX_COUNT = 256
 STOP_MAX_CHARS = 16_384
 TOKEN_ID_LIMIT = 2**31
 
+# -- embeddings (warren/embeddings.py, warren/worker/embedding.py) ---------------------------------------
+EMBED_MAX_INPUTS = 2_048
+EMBED_MAX_TOKENS = 300_000
+
 BOUNDS: tuple[Bound, ...] = (
     Bound("stop strings: count", STOP_MAX_COUNT, "KoboldCpp's own cap on stop_sequence"),
     Bound("stop strings: characters in all", STOP_MAX_CHARS,
@@ -58,6 +62,12 @@ BOUNDS: tuple[Bound, ...] = (
           "generation 3x slower)"),
     Bound("logit_bias: token id", TOKEN_ID_LIMIT,
           "token ids are int32 in llama.cpp; a larger key could not even be encoded for the worker"),
+    Bound("embeddings: inputs in one request", EMBED_MAX_INPUTS,
+          "OpenAI's own limit for /v1/embeddings, so a client that batches for OpenAI fits; every input is "
+          "one sequence of the worker's embeddings context"),
+    Bound("embeddings: tokens in one request, all inputs together", EMBED_MAX_TOKENS,
+          "OpenAI's own limit; the request is one worker round trip that holds the model's turn (generations "
+          "on that model wait behind it) for as long as reading that many tokens takes"),
     Bound("grammar: characters", GRAMMAR_MAX_CHARS,
           "llama.cpp's json.gbnf is 0.6 KB and grammars made from large JSON schemas tens of KB; the whole "
           "text is parsed in Python before every request that carries it"),

@@ -92,8 +92,11 @@ def _stat_key(path: Path) -> tuple[int, int]:
 class Catalog:
     def __init__(self, base_opts: dict[str, Any], *, active: ModelSettings | None = None,
                  dirs: tuple[Path, ...] = (), catalog_file: Path | None = None,
-                 env: Environment | None = None) -> None:
-        self.base_opts = base_opts  # the command line's merged options: model settings for directory .gguf files
+                 env: Environment | None = None, embeddings: Path | None = None) -> None:
+        """``embeddings``: KoboldCpp's ``--embeddingsmodel``, a catalog entry of its own (named after its file)
+        that serves embeddings requests which name no model (``warren/api/embedding.py``)."""
+        self.base_opts = base_opts
+        self.embeddings = embeddings  # the command line's merged options: model settings for directory .gguf files
         self.active = active
         self.dirs = dirs
         self.catalog_file = catalog_file
@@ -243,10 +246,14 @@ class Catalog:
             previous = self.entries.get(self.active.name)
             keep = previous is not None and previous.origin == "--model" and not previous.stale
             add(previous if keep and previous is not None else self._active_entry())
+        used: dict[tuple[Any, ...], CatalogEntry] = {}
+        if self.embeddings is not None:
+            add(self._from_file(self.embeddings, "--embeddingsmodel"))
+            key = (str(self.embeddings), _stat_key(self.embeddings), "file")
+            used[key] = self._cache[key]
         if self.catalog_file is not None:
             for entry in self._catalog_file_entries():
                 add(entry)
-        used: dict[tuple[Any, ...], CatalogEntry] = {}
         for folder in self.dirs:
             try:
                 names = sorted(os.listdir(folder))
@@ -280,6 +287,11 @@ class Catalog:
         except ConfigError as exc:  # the file changed under a running server
             return CatalogEntry(s.name, "--model", s.path, None, None, exc.message, fingerprint)
         return CatalogEntry(s.name, "--model", s.path, s, estimate, "", fingerprint)
+
+    @property
+    def embeddings_name(self) -> str | None:
+        """The ``--embeddingsmodel``'s entry name (the active model's, when it is the same file)."""
+        return self.embeddings.stem if self.embeddings is not None else None
 
     def gguf_info(self, entry: CatalogEntry) -> GGUFInfo:
         """The entry's GGUF header (for listings such as Ollama's), read once per version of the file."""

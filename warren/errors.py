@@ -30,6 +30,7 @@ the tree once, at its boundary (``warren/api/errors.py``), to its own error body
         ├── WorkerClosed               503   we stopped it (unload, swap, shutdown): retry is fine
         ├── WorkerCrashed              502   it died under us (signal or exit code)
         ├── WorkerLoadFailed           502   it could not load the model
+        ├── WorkerNotPlaced            503   no node took the worker (a cluster's node left, or had no room)
         └── RequestNotStarted          503   the worker a request queued for died before the request
                                              reached it: nothing ran, so it is safe to serve it again
 
@@ -214,6 +215,15 @@ class WorkerCrashed(WorkerError):
 class WorkerLoadFailed(WorkerError):
     http_status = 502
     code = "worker_load_failed"
+
+
+class WorkerNotPlaced(WorkerError):
+    """A placing launcher (Ray) could not start the worker on the node the pool chose: the node left, or
+    the cluster would not place it in time. Nothing about the model: no quarantine; the next request places
+    it again."""
+
+    http_status = 503
+    code = "worker_not_placed"
 
 
 class RequestNotStarted(WorkerError):

@@ -121,6 +121,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("memorybudget", ("--memory-budget", "--memorybudget"), K.STR, "",
            "Memory all loaded models may use: bytes (8G, 512M) or a share of RAM (60%). Default: 75% of "
            "the memory available at start-up."),
+    Option("cluster", ("--cluster",), K.STR, "",
+           "Place each model's worker on a node of the Ray cluster at this address (HOST:PORT of its head, "
+           "ray://HOST:PORT, or auto); --memory-budget is then per node. Needs pip install 'warren[ray]'."),
     Option("maxmodels", ("--max-models", "--maxmodels"), K.INT, 0,
            "Most models loaded at once (0: no cap); parked models do not count."),
     Option("keepalive", ("--keepalive",), K.STR, "5m",
@@ -132,6 +135,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("nopark", ("--no-park", "--nopark"), K.FLAG, False,
            "Stop models evicted to make room instead of parking them (a parked model keeps its worker and "
            "tokenizer tables within the budget, so switching back to it takes a new context only)."),
+    Option("kvcachedir", ("--kvcache-dir", "--kvcachedir"), K.STR, "",
+           "Keep the KV state (the conversation's cache) of stopped models in files in this directory, so the next "
+           "load of the model, even after a restart, does not read the conversation again. Off when not given."),
+    Option("kvcachesize", ("--kvcache-size", "--kvcachesize"), K.INT, 2048,
+           "MB the --kvcache-dir files may take; the least recently used are deleted first."),
     Option("corsorigins", ("--cors-origins", "--corsorigins"), K.STRS, ["*"],
            "Origins browsers may call the API from (KoboldCpp answers every origin: *). Give none to send no "
            "CORS headers."),
@@ -230,8 +238,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("sdlora", ("--sdlora",), K.STR, "", support=R, reason=_IMAGE),
     Option("whispermodel", ("--whispermodel",), K.STR, "", support=R, reason=_AUDIO),
     Option("ttsmodel", ("--ttsmodel",), K.STR, "", support=R, reason=_AUDIO),
-    Option("embeddingsmodel", ("--embeddingsmodel",), K.STR, "", support=R,
-           reason="embedding models are not implemented"),
+    Option("embeddingsmodel", ("--embeddingsmodel",), K.STR, "",
+           "A GGUF served as a model of its own for embeddings requests that name no model (and KoboldCpp's "
+           "/api/extra/embeddings); any catalog model also makes embeddings when named."),
 )
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}

@@ -60,6 +60,8 @@ class ServerSettings:
     models_dirs: tuple[Path, ...] = ()  # --admindir and --models-dir: catalog directories
     catalog_file: Path | None = None
     memory_budget: int = 0  # bytes
+    cluster: str = ""  # a Ray address (--cluster): workers are placed on its nodes (warren/worker/ray_launcher.py)
+    node_budget: str = ""  # --memory-budget as given: on a cluster, each node's, read against its own memory
     max_models: int = 0
     keep_alive: float = 300.0
     load_wait: float = 60.0
@@ -71,6 +73,9 @@ class ServerSettings:
     body_timeout: float = 30.0  # seconds a body may pause between chunks
     preload_story: str = ""  # --preloadstory: the story's JSON text, read at start-up (warren/story.py)
     chat_adapter: str = "AutoGuess"  # --chatcompletionsadapter (warren/api/chat_format.py)
+    embeddings_model: Path | None = None  # --embeddingsmodel: a catalog entry for embeddings (warren/api/embedding.py)
+    kvcache_dir: Path | None = None  # --kvcache-dir: the disk tier of stopped workers' KV state (worker/kvfile.py)
+    kvcache_bytes: int = 0  # --kvcache-size: the most its files take
 
     @property
     def queue_limit(self) -> int:

@@ -292,6 +292,25 @@ def rule_pool(ctx: RuleContext) -> Iterator[Finding]:
         yield err(f"--catalog {o['catalog']} is not a file", "give the path of a TOML catalog file")
 
 
+def rule_kvcache(ctx: RuleContext) -> Iterator[Finding]:
+    o = ctx.opts
+    if o["kvcachesize"] <= 0:
+        yield err(f"--kvcache-size {o['kvcachesize']} is not a size", "give the MB its files may take, e.g. 2048")
+    if not o["kvcachedir"]:
+        if "kvcachesize" in ctx.explicit:
+            yield Finding(Level.WARNING, "--kvcache-size without --kvcache-dir does nothing: KV state is kept in "
+                          "memory only")
+        return
+    folder = Path(o["kvcachedir"])
+    if folder.exists() and not folder.is_dir():
+        yield err(f"--kvcache-dir {folder} is not a directory", "give a directory (it is created if missing)")
+    elif not folder.exists() and not folder.parent.is_dir():
+        yield err(f"--kvcache-dir {folder}: its parent {folder.parent} does not exist",
+                  "create the parent, or fix the path")
+    elif not os.access(folder if folder.exists() else folder.parent, os.W_OK | os.X_OK):
+        yield err(f"--kvcache-dir {folder} is not writable", "give a directory this user may write to")
+
+
 def rule_model_given(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.opts["nomodel"] and ctx.model_path:
         yield Finding(Level.NOTE, "--nomodel: the model is not loaded at start-up", fix={"model": []})
@@ -306,6 +325,14 @@ def rule_model_file(ctx: RuleContext) -> Iterator[Finding]:
         ctx.gguf = read_gguf(path)
     except ModelFileError as exc:
         yield err(exc.message, exc.hint)
+
+
+def rule_embeddings_model(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.opts["embeddingsmodel"]:
+        try:
+            read_gguf(ctx.opts["embeddingsmodel"])
+        except ModelFileError as exc:
+            yield err(f"--embeddingsmodel: {exc.message}", exc.hint)
 
 
 def rule_context_vs_training(ctx: RuleContext) -> Iterator[Finding]:
@@ -348,9 +375,9 @@ RULES: tuple[Rule, ...] = (
     rule_context_size, rule_batch_size, rule_default_gen_amount, rule_gen_limit, rule_threads, rule_quant_kv,
     rule_rope, rule_flash_attention, rule_mmap_mlock, rule_port, rule_multiuser, rule_request_size, rule_connections, rule_parallel,
     rule_passwords,
-    rule_admin_dir, rule_pool,
+    rule_admin_dir, rule_pool, rule_kvcache,
     rule_model_given, rule_model_file, rule_context_vs_training, rule_gpu_layers, rule_mlock_limit,
-    rule_preload_story, rule_chat_adapter,
+    rule_preload_story, rule_chat_adapter, rule_embeddings_model,
 )
 
 
@@ -423,6 +450,8 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
         models_dirs=tuple(Path(d).resolve() for d in (o["admindir"], o["modelsdir"]) if d and Path(d).is_dir()),
         catalog_file=Path(o["catalog"]) if o["catalog"] else None,
         memory_budget=_budget(o["memorybudget"], ctx.env),
+        cluster=o["cluster"] or "",
+        node_budget=str(o["memorybudget"] or ""),
         max_models=o["maxmodels"],
         keep_alive=_duration(o["keepalive"]),
         load_wait=o["loadwait"],
@@ -434,6 +463,9 @@ def validate(opts: dict[str, Any], explicit: Iterable[str] = (), *, env: Environ
         body_timeout=o["bodytimeout"],
         preload_story=read_story(o["preloadstory"]),
         chat_adapter=o["chatcompletionsadapter"] or "AutoGuess",
+        embeddings_model=Path(o["embeddingsmodel"]).resolve() if o["embeddingsmodel"] else None,
+        kvcache_dir=Path(o["kvcachedir"]).resolve() if o["kvcachedir"] else None,
+        kvcache_bytes=o["kvcachesize"] * 2**20,
     )
     model = None
     if ctx.gguf is not None:

@@ -15,6 +15,11 @@ Faults are injected without signals (a real one would kill the test runner):
 - ``reached(mark)``: an event the test awaits when the engine passes a point (``faults.reached``), in
   place of polling; ``hold(gate)`` makes the engine wait at that point until ``open(gate)``.
 
+Given ``nodes``, it is a *placing* launcher, as the Ray launcher is: it reports those nodes (and which
+model files each has, ``files``), starts each worker on the node the pool chose, records what it was
+asked (``starts``), and ``lose_node(id)`` takes a node away with its workers, as a cluster does when a
+machine dies: they end without an exit status of their own (``lost``).
+
 An engine that would import ``llama_cpp`` is refused: the test process is a supervisor.
 """
 
@@ -27,14 +32,15 @@ import itertools
 import signal
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from warren.errors import WorkerNotPlaced
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
 from warren.worker.channel import FrameChannel
 from warren.worker.child import FrameSocket, Worker, load_engine
-from warren.worker.launcher import Footprint, WorkerProcess
+from warren.worker.launcher import LOCAL, Footprint, Node, WorkerProcess
 from warren.worker.liveness import ProcessSample
 
 FIRST_ID = 10_000_000  # above any Linux pid (PID_MAX_LIMIT is 2**22): a fake id never names a real process
@@ -101,6 +107,8 @@ class InProcessWorker:
 
     def __init__(self, pid: int, sock: socket.socket, engine: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.pid = pid
+        self.node = LOCAL
+        self.lost = ""
         self.sock = sock
         self.engine = engine
         self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
@@ -210,26 +218,52 @@ class InProcessLauncher:
     """``Launcher`` for tests. ``workers``: every worker it started, in order. ``footprint`` decides what
     ``measure`` reports (0 by default: reservations then stay at the estimates). ``engines`` runs a fake
     engine in place of another: ``{"llama": FAKE}`` serves a real catalog (real GGUF files, their
-    estimates) with fake workers."""
+    estimates) with fake workers. ``nodes`` makes it place workers (module docstring); ``files``: the
+    model paths each node has (every path on every node when None)."""
 
     def __init__(self, footprint: Callable[[InProcessWorker], Footprint] | None = None, *,
-                 engines: Mapping[str, str] | None = None, default_engine: str = FAKE) -> None:
+                 engines: Mapping[str, str] | None = None, default_engine: str = FAKE,
+                 nodes: Sequence[Node] | None = None, files: Mapping[str, Collection[str]] | None = None) -> None:
         self.default_engine = default_engine
         self.engines = dict(engines or {})
         self.workers: list[InProcessWorker] = []
         self.footprint = footprint or (lambda worker: Footprint(0))
         self.reports_gpu = False
+        self.places = nodes is not None
+        self.cluster = {n.id: n for n in nodes or ()}
+        self.files = files
+        self.starts: list[tuple[str, str, int]] = []  # (model, node, reserve) of every start, in order
         self._ids = itertools.count(FIRST_ID)
         self._more: asyncio.Event | None = None
 
-    async def start(self, settings: ModelSettings) -> tuple[InProcessWorker, FrameChannel]:
+    def nodes(self, paths: Collection[str]) -> list[Node]:
+        return [Node(n.id, n.memory, n.threads, n.address,
+                     frozenset(p for p in paths if self.files is None or p in self.files.get(n.id, ())))
+                for n in self.cluster.values()]
+
+    def lose_node(self, node: str) -> None:
+        """The node leaves the cluster: it is no longer reported, and its workers end with it (no exit
+        status: SIGKILL is what their processes would get)."""
+        del self.cluster[node]
+        for worker in self.workers:
+            if worker.node == node and worker.returncode is None:
+                worker.lost = f"its node {node} left the cluster"
+                worker.die(signal.SIGKILL)
+
+    async def start(self, settings: ModelSettings, node: str = LOCAL, reserve: int = 0
+                    ) -> tuple[InProcessWorker, FrameChannel]:
         spec = self.engines.get(settings.engine, settings.engine)
         if spec == "llama" or spec.startswith("warren.worker.engine"):
             raise ValueError("the in-process launcher runs fake engines only: llama_cpp must stay out of the "
                              "supervisor's process")
+        if self.places and node not in self.cluster:
+            raise WorkerNotPlaced(f"no worker for model {settings.name!r} could be placed: node {node} is not "
+                                  "in the cluster", model=settings.name)
+        self.starts.append((settings.name, node, reserve))
         engine = load_engine(spec)
         parent, child = socket.socketpair()
         worker = InProcessWorker(next(self._ids), child, engine, asyncio.get_running_loop())
+        worker.node = node
         engine.faults = InProcessFaults(worker)  # type: ignore[attr-defined]
         worker.begin(settings.engine)
         self.workers.append(worker)
@@ -248,4 +282,7 @@ class InProcessLauncher:
     def measure(self, workers: Sequence[WorkerProcess]) -> list[Footprint]:
         return [self.footprint(w) if w.returncode is None else Footprint(0)  # type: ignore[arg-type]
                 for w in workers]
+
+    async def close(self) -> None:
+        pass
 

@@ -102,3 +102,13 @@ def test_an_operator_load_lifts_everything() -> None:
     assert g.check("m", FP) is not None and g.culprits.count("m") == 1
     g.lift("m")
     assert g.check("m", FP) is None and g.culprits.count("m") == 0 and g.backoff("m", 4.0) == 0.0
+
+
+def test_a_worker_lost_with_its_node_is_nobody_s_crash() -> None:
+    """Its node left the cluster: no back-off before the load elsewhere, no step toward quarantine, and the
+    request that was running is not taken for a culprit."""
+    g = CrashGuard()
+    for t in range(CRASH_LOOP_LIMIT + 1):
+        assert crash(g, float(t), ExitKind.LOST, culprit=GenerationParams(prompt="x")) is False
+    assert g.check("m", FP) is None and g.backoff("m", float(CRASH_LOOP_LIMIT)) == 0.0
+    assert g.culprits.count("m") == 0

@@ -36,6 +36,9 @@ K = ExitKind
     (-signal.SIGKILL, {"killed_for": "it did not answer Load within 1 s"}, K.HUNG, "it did not answer Load"),
     (-signal.SIGKILL, {"protocol_error": "it sent an invalid frame (x)", "killed_for": "late"}, K.CRASHED,
      "it sent an invalid frame (x)"),
+    (-signal.SIGKILL, {"lost": "its node n2 left the cluster"}, K.LOST, "its node n2 left the cluster"),
+    (None, {"lost": "its node n2 left the cluster", "killed_for": "it did not answer Ping"}, K.LOST, "its node"),
+    (-signal.SIGKILL, {"lost": "its node n2 left the cluster", "requested": True}, K.REQUESTED, "stopped"),
 ])
 def test_what_an_exit_means(returncode: int, kw: dict[str, object], kind: ExitKind, how: str) -> None:
     got_kind, got_how = classify_exit(returncode, **{"requested": False, **kw})  # type: ignore[arg-type]

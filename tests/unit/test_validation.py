@@ -69,6 +69,15 @@ ROWS: list[tuple[str, dict[str, Any], set[str], Environment, Level, str, dict[st
     ("models dir missing", {"modelsdir": "/no/such"}, set(), NO_LIMIT, Level.ERROR, "is not an existing directory",
      {}),
     ("catalog missing", {"catalog": "/no/such.toml"}, set(), NO_LIMIT, Level.ERROR, "is not a file", {}),
+    ("embeddings model missing", {"embeddingsmodel": "/no/such.gguf"}, set(), NO_LIMIT, Level.ERROR,
+     "--embeddingsmodel:", {}),
+    ("kvcache dir a file", {"kvcachedir": "/etc/hostname"}, set(), NO_LIMIT, Level.ERROR, "is not a directory", {}),
+    ("kvcache dir parent missing", {"kvcachedir": "/no/such/kv"}, set(), NO_LIMIT, Level.ERROR,
+     "its parent /no/such does not exist", {}),
+    ("kvcache size", {"kvcachedir": "/tmp", "kvcachesize": 0}, set(), NO_LIMIT, Level.ERROR,
+     "--kvcache-size 0 is not a size", {}),
+    ("kvcache size without dir", {"kvcachesize": 100}, {"kvcachesize"}, NO_LIMIT, Level.WARNING,
+     "without --kvcache-dir does nothing", {}),
 ]
 
 

@@ -51,6 +51,7 @@ from warren.errors import (
     WorkerCrashed,
     WorkerError,
     WorkerLoadFailed,
+    WorkerNotPlaced,
 )
 from warren.validation import ValidationFailed
 
@@ -131,6 +132,7 @@ DIALECT_TYPES: dict[type[WarrenError], tuple[str, str]] = {
     WorkerClosed: ("worker_closed", "server_error"),
     WorkerCrashed: ("worker_crashed", "server_error"),
     WorkerLoadFailed: ("worker_load_failed", "server_error"),
+    WorkerNotPlaced: ("worker_not_placed", "server_error"),
     RequestNotStarted: ("request_not_started", "server_error"),
 }
 

@@ -276,22 +276,42 @@ async def generate(request: Request, model: str | None, params_for: ParamsFor, *
     return started
 
 
-async def admit(request: Request, model: str | None) -> tuple[ModelInstance, float]:
-    """Only load ``model`` (Ollama's empty request), watching the client and shutdown the same way.
-    Returns the instance and the seconds it took; the lease is already released."""
+async def with_model(request: Request, model: str | None, work: Callable[[ModelInstance], Awaitable[T]], *,
+                     on_ready: Callable[[ModelInstance], None] | None = None) -> tuple[ModelInstance, T, float]:
+    """``work`` on ``model``'s instance (loaded on demand), under the model's lease, watching the client and
+    shutdown as a generation does: a client that leaves, or shutdown before the work began, cancels it where it
+    is. Returns the instance, the work's result and the seconds spent waiting for the model (a load, room)."""
     serving = serving_of(request)
     if serving.draining:
         raise ServerStopping()
     attempt = Attempt()
     serving.attempts.add(attempt)
     began = time.perf_counter()
+    waited = 0.0
 
-    async def loaded() -> ModelInstance:
+    async def run() -> tuple[ModelInstance, T]:
+        nonlocal waited
         async with await serving.pool.acquire(model) as instance:
-            return instance
+            waited = time.perf_counter() - began
+            if on_ready is not None:
+                on_ready(instance)
+            attempt.mark_started()
+            return instance, await work(instance)
 
     try:
-        instance = await _until_answered(request, attempt, loaded())
+        instance, result = await _until_answered(request, attempt, run())
     finally:
         serving.finish(attempt)
+    return instance, result, waited
+
+
+async def admit(request: Request, model: str | None) -> tuple[ModelInstance, float]:
+    """Only load ``model`` (Ollama's empty request), watching the client and shutdown the same way.
+    Returns the instance and the seconds it took; the lease is already released."""
+    began = time.perf_counter()
+
+    async def nothing(instance: ModelInstance) -> None:
+        return None
+
+    instance, _, _ = await with_model(request, model, nothing)
     return instance, time.perf_counter() - began

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from warren import __version__
 from warren.catalog import Catalog
@@ -21,6 +21,10 @@ from warren.errors import ConfigError
 from warren.kcpps import export_kcpps, read_kcpps
 from warren.options import BY_KEY, Support, defaults
 from warren.validation import Level, Plan, ValidationFailed, validate
+
+if TYPE_CHECKING:
+    from warren.settings import ServerSettings
+    from warren.worker.launcher import Launcher
 
 CONFIG_SUFFIXES = (".kcpps", ".kcppt")
 
@@ -128,13 +132,16 @@ def run(argv: list[str] | None) -> int:
 
 def build_catalog(plan: Plan, opts: dict[str, Any]) -> Catalog:
     """The catalog, checked: invalid entries are warned about, a pinned set over the budget is an error."""
-    catalog = Catalog(opts, active=plan.model, dirs=plan.server.models_dirs, catalog_file=plan.server.catalog_file)
+    catalog = Catalog(opts, active=plan.model, dirs=plan.server.models_dirs, catalog_file=plan.server.catalog_file,
+                      embeddings=plan.server.embeddings_model)
     catalog.refresh()
     for entry in catalog.entries.values():
         if not entry.valid:
             _say("warning", f"model {entry.name!r} ({entry.source}) cannot be loaded: {entry.error}")
     for path, reason in catalog.skipped.items():
         _say("note", f"{path} is not served: {reason}")
+    if plan.server.cluster:
+        return catalog  # each node has its own budget: a model no node can hold is refused when it is asked for
     active = catalog.entries.get(plan.model.name) if plan.model else None
     if active is not None and active.estimate and active.estimate.total > plan.server.memory_budget:
         raise ConfigError(f"the model {active.name!r} needs about {active.estimate.total // 2**20} MiB, more than the "
@@ -163,6 +170,21 @@ def check_engine(plan: Plan) -> None:
         raise ConfigError(report.error, hint=report.hint)
 
 
+def cluster_launcher(server: ServerSettings) -> Launcher | None:
+    """The Ray launcher for ``--cluster`` (None without it: the local one). Ray is optional and heavy, so
+    it is imported here and only then; without it installed, ``--cluster`` is a start-up error."""
+    if not server.cluster:
+        return None
+    try:
+        from warren.worker.ray_launcher import RayLauncher
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] != "ray":
+            raise
+        raise ConfigError("--cluster needs Ray, which is not installed here",
+                          hint="pip install 'warren[ray]' (the same Ray version as the cluster's)") from None
+    return RayLauncher.connect(server.cluster, memory_budget=server.node_budget)
+
+
 def serve(plan: Plan, catalog: Catalog) -> None:
     # imported here so --check, --analyze and errors stay fast
     from warren.api.app import create_app
@@ -171,7 +193,7 @@ def serve(plan: Plan, catalog: Catalog) -> None:
     from warren.pool.pool import Pool
 
     setup_logging(plan.server.debug, plan.server.quiet)
-    pool = Pool.from_settings(plan.server, catalog)
+    pool = Pool.from_settings(plan.server, catalog, launcher=cluster_launcher(plan.server))
     app = create_app(pool)
     host = plan.server.host
     shown = f"[{host}]" if ":" in host else host

@@ -13,6 +13,7 @@ from warren.gguf.attention import attention_layout
 from warren.gguf.estimate import MIB, SWA_FULL, MemoryEstimate, estimate_memory
 from warren.gguf.reader import GGUFInfo, SkippedArray, read_gguf
 from warren.validation import Plan
+from warren.worker import kvfile
 
 
 def _mib(n: int) -> str:
@@ -73,6 +74,12 @@ def print_plan(plan: Plan, catalog: Catalog) -> None:
     available = psutil.virtual_memory().available
     print(f"memory budget: {_mib(s.memory_budget)} (available now: {_mib(available)}); max models "
           f"{s.max_models or 'no cap'}; keep-alive {s.keep_alive:g} s")
+    if s.kvcache_dir is not None:
+        files, used = kvfile.usage(s.kvcache_dir)
+        print(f"KV state disk tier: {s.kvcache_dir}, up to {_mib(s.kvcache_bytes)} (now {files} files, {_mib(used)}); "
+              "stopped models' conversations are kept there, outside the memory budget")
+    else:
+        print("KV state disk tier: off (--kvcache-dir): a stopped model's conversation is read again at its next load")
     if plan.model is not None:
         m = plan.model
         print(f"active model {m.name}: {m.path}")

@@ -11,6 +11,8 @@ and sleeps that long on its clock; it asks ``check`` before admitting a request.
 - **A crash of the model** (idle or loading, ``oom_suspected``, ``hung``, ``frozen``): counted; the next
   load waits 0.5 s · 2ⁿ⁻¹ (at most 30 s) after the last one, and ``CRASH_LOOP_LIMIT`` crashes within
   ``CRASH_WINDOW`` quarantine the model.
+- **Not counted**: a worker ``lost`` with its node (``ExitKind.LOST``): neither the model nor the request
+  did anything, so there is no back-off and no quarantine; the next load goes to a node that is there.
 - **Quarantined at once**: an ``unrunnable`` exit (SIGILL, SIGBUS: this build cannot run here, restarting
   cannot help) and a load the worker refused (``load_failed``).
 - A quarantine holds until the catalog entry's fingerprint (its file and settings) changes, or an
@@ -53,7 +55,9 @@ class CrashGuard:
     def crashed(self, model: str, *, kind: ExitKind, message: str, fingerprint: tuple[Any, ...], now: float,
                 culprit: GenerationParams | None = None) -> bool:
         """A worker of ``model`` died by itself. ``culprit``: the generation running when it did. Returns
-        whether the crash was charged to that request (else it is the model's)."""
+        whether the crash was charged to that request (else it is the model's, or nobody's: a lost node)."""
+        if kind is ExitKind.LOST:
+            return False
         if culprit is not None and kind is ExitKind.CRASHED:
             self.culprits.charge(model, culprit, message)
             self._charged[model] = self._recent(self._charged, model, now) + [now]

@@ -32,7 +32,8 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed
+from warren.embeddings import EmbeddingResult, EmbedRequest
+from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed, WorkerNotPlaced
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult, TokenLogprob
 from warren.pool.compute import ComputeShares
@@ -41,9 +42,11 @@ from warren.pool.state import InstanceState
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
 from warren.worker.handle import WorkerHandle
-from warren.worker.launcher import ExitKind, Launcher
+from warren.worker.launcher import LOCAL, ExitKind, Launcher
 
 log = logging.getLogger(__name__)
+
+SAVE_TIMEOUT = 10.0  # s for a worker to write its KV state before a stop: ~25 MB for a 1,000-token chat here
 
 
 
@@ -53,8 +56,9 @@ class ModelInstance:
                  heartbeat: bool = True,
                  on_exit: Callable[[ModelInstance, WarrenError, GenerationParams | None], None] | None = None,
                  on_progress: Callable[[ModelInstance], None] | None = None, culprits: Culprits | None = None,
-                 compute: ComputeShares | None = None) -> None:
+                 compute: ComputeShares | None = None, disk_tier: tuple[str, int] = ("", 0)) -> None:
         self.settings = settings
+        self.disk_tier = disk_tier  # --kvcache-dir, --kvcache-size: where a stopped worker's KV state goes
         self.launcher = launcher  # what starts its workers (``WorkerHandle``'s default: a local subprocess)
         self.on_progress = on_progress  # told as the worker reports load progress
         # Told when a worker ends by itself (crash), not when we stop it, with the generation that was
@@ -107,6 +111,11 @@ class ModelInstance:
         return self.model_info.n_ctx or self.settings.context_size
 
     @property
+    def node(self) -> str | None:
+        """The node its worker runs (or last ran) on; None before its first worker."""
+        return self.handle.node if self.handle is not None else None
+
+    @property
     def busy(self) -> bool:
         return self._running > 0
 
@@ -118,7 +127,7 @@ class ModelInstance:
         h = self.handle
         return {
             "name": self.name, "handle": self.handle_id if h else None, "state": self.current_state.value,
-            "pid": h.pid if h and h.alive else None, "progress": h.progress if h else 0.0,
+            "pid": h.pid if h and h.alive else None, "node": self.node, "progress": h.progress if h else 0.0,
             "load_seconds": h.load_seconds if h else None, "in_flight": self._running, "queued": self._waiting,
             "restarts": self.restarts, "last_exit": self.last_exit or None, "last_exit_kind": self.last_exit_kind,
             "last_error": self.last_error or None,
@@ -143,14 +152,15 @@ class ModelInstance:
         raise WorkerClosed(f"model {self.name!r} is not loaded", model=self.name)
 
     async def load(self, spare: WorkerHandle | None = None, prefault_bytes: int = 0,
-                   prefault_after: Sequence[int] = ()) -> WorkerHandle:
+                   prefault_after: Sequence[int] = (), *, node: str = LOCAL, reserve: int = 0) -> WorkerHandle:
         """Start a worker (or adopt a warm ``spare``) and load the model; concurrent callers share one load.
         ``prefault_bytes``, ``prefault_after``: the KV cache's estimated size, and the pids of the workers
-        this load replaces (``warren/worker/prefault.py``)."""
+        this load replaces (``warren/worker/prefault.py``); ``node``, ``reserve``: where a new worker goes
+        and the bytes it holds there (the pool's placement)."""
         if self.handle is not None and self.handle.alive and self.state is InstanceState.READY:
             return self.handle
         if self._starting is None or self._starting.done():
-            self._starting = asyncio.create_task(self._start(spare, prefault_bytes, prefault_after),
+            self._starting = asyncio.create_task(self._start(spare, prefault_bytes, prefault_after, node, reserve),
                                                  name=f"start-{self.name}")
         return await asyncio.shield(self._starting)
 
@@ -173,8 +183,8 @@ class ModelInstance:
         if self.parked and self.handle is not None:
             await self.handle.drop_state()
 
-    async def _start(self, spare: WorkerHandle | None, prefault_bytes: int, prefault_after: Sequence[int]
-                     ) -> WorkerHandle:
+    async def _start(self, spare: WorkerHandle | None, prefault_bytes: int, prefault_after: Sequence[int],
+                     node: str = LOCAL, reserve: int = 0) -> WorkerHandle:
         started = time.perf_counter()
         resuming = self.parked
         if resuming:
@@ -191,16 +201,23 @@ class ModelInstance:
                 handle.adopt(self.settings)
                 self.handle = handle
             else:
-                handle = WorkerHandle(self.settings, launcher=self.launcher, heartbeat=self.heartbeat)
+                handle = WorkerHandle(self.settings, launcher=self.launcher, node=node, reserve=reserve,
+                                      heartbeat=self.heartbeat)
                 self.handle = handle
             if self.on_progress is not None:
                 handle.on_progress = lambda: self.on_progress(self) if self.on_progress else None
+        handle.disk_tier = self.disk_tier
         try:
             if handle is not spare and not resuming:
                 await handle.start()
             self.state = InstanceState.LOADING
             log.info("loading model=%s handle=%s pid=%s", self.name, self.handle_id, handle.pid)
             await handle.load(prefault_bytes, prefault_after)
+        except WorkerNotPlaced as exc:  # nothing was started: nothing about the model either
+            self.state = InstanceState.UNLOADED
+            self.last_error = exc.message
+            await handle.stop()
+            raise
         except WarrenError as exc:
             self.state = InstanceState.CRASHED if isinstance(exc, WorkerCrashed) else InstanceState.LOAD_FAILED
             self.last_error = exc.message
@@ -222,6 +239,11 @@ class ModelInstance:
                  time.perf_counter() - started, info.flash_attention if info is not None else "?",
                  f" (measured tokens/s at {measured['depth']} of context: on {measured['on']:.1f}, off "
                  f"{measured['off']:.1f})" if measured else "")
+        kv = info.extra.get("kv_state") if info is not None else None
+        if isinstance(kv, dict) and kv.get("refused"):
+            log.warning("KV state file ignored model=%s reason=%s", self.name, kv["refused"])
+        if isinstance(kv, dict) and kv.get("from"):
+            log.info("KV state restored model=%s from=%s tokens=%s", self.name, kv["from"], kv.get("tokens"))
         return handle
 
     async def _watch(self, handle: WorkerHandle) -> None:
@@ -253,11 +275,29 @@ class ModelInstance:
             with contextlib.suppress(asyncio.CancelledError, WarrenError):
                 await self._starting
         if self.handle is not None:
+            await self._save_state(self.handle)
             self.state = InstanceState.STOPPING
             await self.handle.stop()
         if self._watcher is not None:
             self._watcher.cancel()
         self.state = InstanceState.UNLOADED
+
+    async def _save_state(self, handle: WorkerHandle) -> None:
+        """With a disk tier, an idle worker that is loaded or parked writes its conversation's KV state there
+        before it is stopped (``kvfile.py``): the next worker for this model reads it back. Until the write ends
+        the worker keeps the memory it has (a state kept while parked is already counted; one copied out of a
+        context is a moment's extra, as a stop's own grace is). A busy or unanswering worker is stopped anyway."""
+        if not self.disk_tier[0] or not handle.alive or self.busy or \
+                self.state not in (InstanceState.READY, InstanceState.PARKED):
+            return
+        try:
+            written = await handle.save_state(SAVE_TIMEOUT)
+        except WarrenError as exc:
+            log.warning("could not write the KV state to disk model=%s error=%s", self.name, exc.message)
+            return
+        if written:
+            log.info("KV state written to disk model=%s state_mib=%.1f dir=%s", self.name, written / 2**20,
+                     self.disk_tier[0])
 
     # -- queueing (KoboldCpp --multiuser) -------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -298,14 +338,7 @@ class ModelInstance:
             if abort is not None and abort.is_set():
                 yield GenerationResult("", FinishReason.ABORT, 0, 0, 0.0, 0.0, 0)
                 return
-            if queued_for is not None and (self.handle is not queued_for or not queued_for.alive):
-                await queued_for.exited.wait()  # its exit is classified before anyone acts on it
-                cause = queued_for.exit_error
-                if not isinstance(cause, WorkerCrashed):
-                    raise cause or WorkerClosed(f"model {self.name!r} was unloaded", model=self.name)
-                self._report_crash(queued_for)  # the pool must know before the caller acquires again
-                raise RequestNotStarted(f"the worker for model {self.name!r} ended before this request reached "
-                                        f"it ({cause.message})", cause=cause, model=self.name)
+            await self._still_there(queued_for)
             if on_start is not None:
                 on_start()
             handle = self.require_ready()
@@ -319,6 +352,18 @@ class ModelInstance:
                 raise
             finally:
                 self.last_used = time.monotonic()
+
+    async def _still_there(self, queued_for: WorkerHandle | None) -> None:
+        """At a request's turn: ``RequestNotStarted`` if the worker it queued for died meanwhile (crashed,
+        killed as frozen or hung), the stop's error if it was stopped on purpose."""
+        if queued_for is not None and (self.handle is not queued_for or not queued_for.alive):
+            await queued_for.exited.wait()  # its exit is classified before anyone acts on it
+            cause = queued_for.exit_error
+            if not isinstance(cause, WorkerCrashed):
+                raise cause or WorkerClosed(f"model {self.name!r} was unloaded", model=self.name)
+            self._report_crash(queued_for)  # the pool must know before the caller acquires again
+            raise RequestNotStarted(f"the worker for model {self.name!r} ended before this request reached "
+                                    f"it ({cause.message})", cause=cause, model=self.name)
 
     @contextlib.asynccontextmanager
     async def _cores(self, handle: WorkerHandle) -> AsyncIterator[None]:
@@ -374,6 +419,25 @@ class ModelInstance:
                 result = item
         assert result is not None
         return result
+
+    # -- embeddings ---------------------------------------------------------------------------------
+    async def embed(self, request: EmbedRequest) -> EmbeddingResult:
+        """All of ``request``'s inputs in one worker round trip, in the model's turn like a generation (the worker
+        runs it on its main thread; it queues behind generations, and ``Busy`` past the queue limit), on a share
+        of the cores. A worker that died before the turn came gives ``RequestNotStarted``, as a generation."""
+        queued_for = self.handle
+        async with self._turn():
+            await self._still_there(queued_for)
+            handle = self.require_ready()
+            self.last_used = time.monotonic()
+            try:
+                async with self._cores(handle):
+                    return await handle.embed(request)
+            except WorkerCrashed:
+                self._report_crash(handle)
+                raise
+            finally:
+                self.last_used = time.monotonic()
 
     # -- tokens -------------------------------------------------------------------------------------
     async def tokenize(self, text: str, special: bool = True) -> list[int]:

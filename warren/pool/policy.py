@@ -12,6 +12,12 @@ its measured footprint once ready. An instance chosen for eviction is marked ``S
 longer counted for admission; its worker exits while the new one loads. A resident's ``phase`` is an
 ``InstanceState`` (``warren/pool/state.py``), one of ``RESIDENT``: the policy's part of the one state.
 
+Nodes: the budget is per node (``nodes``: a ``Capacity`` each). On one machine there is one node,
+``LOCAL``, holding ``--memory-budget``; on a cluster the pool sets the nodes the launcher reports
+(``set_nodes``), and a resident counts against the node it was placed on. A load goes to the node
+``warren/pool/placement.py`` picks among those that may take it (a request's ``nodes``: where the
+model's file is), evicting only instances of that node; ``--max-models`` counts across all nodes.
+
 Parking: an instance evicted to make room is *parked* instead of stopped when what it keeps parked
 (``park_bytes``: its worker and tokenizer tables, no context, the weights' pages unmapped) still fits
 the budget next to the new one. A request for a parked model then only needs a new context, not a
@@ -30,13 +36,15 @@ state goes with it).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from warren.errors import Busy, DoesNotFit, WarrenError
+from warren.errors import Busy, DoesNotFit, WarrenError, WorkerNotPlaced
 from warren.pool.eviction import Candidate, choose_victims
+from warren.pool.placement import Capacity, Option, choose
 from warren.pool.state import InstanceState
+from warren.worker.launcher import LOCAL
 
 MIB = 1024 * 1024
 
@@ -55,6 +63,8 @@ class Resident:
     priority: int = 0  # lower is evicted first
     unload_reason: str = ""  # set: unload as soon as no request is in flight
     park_bytes: int = 0  # what it would keep parked; 0: it cannot be parked
+    node: str = LOCAL  # where it was placed: it counts against that node's budget
+    threads: int = 0  # compute threads it holds there (counted where the node reserves threads)
     state_bytes: int = 0  # parked: the saved KV state it keeps (part of ``bytes``)
 
 
@@ -65,6 +75,8 @@ class Waiter:
     need: int
     deadline: float
     park_need: int = 0
+    nodes: frozenset[str] | None = None  # where it may go (None: any node)
+    threads: int = 0
 
 
 class Effects(Protocol):
@@ -89,10 +101,12 @@ class Effects(Protocol):
 
 
 class PoolPolicy:
-    def __init__(self, effects: Effects, *, budget: int, max_models: int = 0, keep_alive: float = 300.0,
-                 wait_seconds: float = 60.0) -> None:
+    def __init__(self, effects: Effects, *, budget: int = 0, nodes: Mapping[str, Capacity] | None = None,
+                 max_models: int = 0, keep_alive: float = 300.0, wait_seconds: float = 60.0) -> None:
+        """``budget``: the one node's (``LOCAL``); ``nodes`` instead: a budget per node (a cluster)."""
         self.effects = effects
-        self.budget = budget
+        self.nodes: dict[str, Capacity] = dict(nodes) if nodes is not None else {LOCAL: Capacity(budget)}
+        self.last_node: dict[str, str] = {}  # where each model was last resident (its file is cached there)
         self.max_models = max_models  # 0 = no cap beyond the budget
         self.keep_alive = keep_alive  # default seconds idle before an unpinned instance is unloaded
         self.wait_seconds = wait_seconds  # how long a request waits for room before a 503
@@ -104,26 +118,68 @@ class PoolPolicy:
         return [r for r in self.residents.values() if r.phase is not InstanceState.STOPPING]
 
     @property
+    def budget(self) -> int:
+        """The budgets of all nodes together (the one node's, on one machine)."""
+        return sum(c.memory for c in self.nodes.values())
+
+    @property
     def reserved(self) -> int:
         """Bytes counted against the budget (stopping instances excluded: they are being freed)."""
         return sum(r.bytes for r in self._counted())
+
+    def reserved_on(self, node: str) -> int:
+        return sum(r.bytes for r in self._counted() if r.node == node)
+
+    def _threads_free(self, node: str) -> int | None:
+        """Threads not reserved on ``node``; None where threads are not reserved."""
+        cap = self.nodes[node].threads
+        return cap - sum(r.threads for r in self._counted() if r.node == node) if cap else None
 
     def _slots_free(self) -> int:
         loaded = [r for r in self._counted() if r.phase is not InstanceState.PARKED]
         return (self.max_models - len(loaded)) if self.max_models > 0 else 1 << 30
 
     # -- events ---------------------------------------------------------------------------------------
-    def request(self, ticket: int, model: str, need: int, now: float, park_need: int = 0) -> None:
+    def request(self, ticket: int, model: str, need: int, now: float, park_need: int = 0, *,
+                nodes: Collection[str] | None = None, threads: int = 0) -> None:
         """A request (or an explicit load) wants ``model``; ``need`` is its expected footprint, ``park_need``
-        what it would keep if parked later (0: it cannot be parked)."""
-        if need > self.budget:
-            self.effects.reject(ticket, DoesNotFit(
-                f"model {model!r} needs about {need // MIB} MiB, more than the whole memory budget of "
-                f"{self.budget // MIB} MiB", hint="raise --memory-budget, or lower its --contextsize",
-                model=model, need=need, budget=self.budget))
+        what it would keep if parked later (0: it cannot be parked), ``nodes`` where it may be placed
+        (None: any node), ``threads`` the compute threads it holds where they are reserved."""
+        where = frozenset(nodes) if nodes is not None else None
+        if (error := self._never_fits(model, need, where)) is not None:
+            self.effects.reject(ticket, error)
             return
-        if not self._admit(ticket, model, need, now, park_need):
-            self.waiting.append(Waiter(ticket, model, need, now + self.wait_seconds, park_need))
+        waiter = Waiter(ticket, model, need, now + self.wait_seconds, park_need, where, threads)
+        if not self._admit(waiter, now):
+            self.waiting.append(waiter)
+
+    def _never_fits(self, model: str, need: int, where: frozenset[str] | None) -> WarrenError | None:
+        """Why a request can never be admitted as the nodes are now, or None."""
+        resident = self.residents.get(model)
+        if resident is not None and resident.phase is not InstanceState.PARKED:
+            return None  # it is loaded already (or on its way): the request joins it
+        eligible = [c.memory for n, c in self.nodes.items() if where is None or n in where]
+        if not eligible:
+            return WorkerNotPlaced(f"no node of the cluster can take model {model!r} now: "
+                                   + ("none has its file" if where is not None and self.nodes else "there is none"),
+                                   hint="start a node that has the model file (at the same path)", model=model)
+        largest = max(eligible)
+        if need <= largest:
+            return None
+        if list(self.nodes) == [LOCAL]:
+            return DoesNotFit(f"model {model!r} needs about {need // MIB} MiB, more than the whole memory budget "
+                              f"of {largest // MIB} MiB", hint="raise --memory-budget, or lower its --contextsize",
+                              model=model, need=need, budget=largest)
+        return DoesNotFit(f"model {model!r} needs about {need // MIB} MiB, more than the memory budget of any "
+                          f"node that can take it (the largest: {largest // MIB} MiB)",
+                          hint="give its nodes a larger warren_memory_mib, or lower its --contextsize",
+                          model=model, need=need, budget=largest)
+
+    def set_nodes(self, nodes: Mapping[str, Capacity], now: float) -> None:
+        """The nodes of the cluster changed (one joined or left, a budget changed). A resident on a node that
+        left keeps counting against nothing until its worker's exit is reported."""
+        self.nodes = dict(nodes)
+        self._settle(now)
 
     def withdraw(self, ticket: int, now: float) -> None:
         """A waiting request gave up (its client left, or the server is stopping): forget it, so nothing is
@@ -175,7 +231,9 @@ class PoolPolicy:
 
     def exited(self, model: str, now: float) -> None:
         """The model's worker is gone (stopped on purpose, or crashed)."""
-        self.residents.pop(model, None)
+        r = self.residents.pop(model, None)
+        if r is not None:
+            self.last_node[model] = r.node
         self._settle(now)
 
     def configure(self, model: str, *, pinned: bool | None = None, keep_alive: float | None = None,
@@ -227,7 +285,8 @@ class PoolPolicy:
         self._settle(now)
 
     # -- decisions ------------------------------------------------------------------------------------
-    def _admit(self, ticket: int, model: str, need: int, now: float, park_need: int = 0) -> bool:
+    def _admit(self, w: Waiter, now: float) -> bool:
+        model = w.model
         r = self.residents.get(model)
         if r is not None and r.phase is not InstanceState.PARKED:
             if r.phase is InstanceState.STOPPING:
@@ -235,20 +294,15 @@ class PoolPolicy:
             r.in_flight += 1
             r.last_used = now
             r.unload_reason = ""
-            self.effects.grant(ticket, model)
+            self.effects.grant(w.ticket, model)
             return True
         own = r.bytes - r.state_bytes if r is not None else 0  # a parked instance grows from what it holds
-        self._drop_states(need - own - (self.budget - self.reserved), keep=model)
-        candidates = [Candidate(c.name, c.bytes, c.last_used, c.reload_seconds, c.priority,
-                                parked=c.phase is InstanceState.PARKED)
-                      for c in self._counted()
-                      if c.name != model and c.phase in (InstanceState.READY, InstanceState.PARKED) and c.in_flight == 0
-                      and not c.pinned]
-        victims = choose_victims(candidates, need=need - own, free=self.budget - self.reserved,
-                                 slots_free=self._slots_free())
-        if victims is None:
+        self._drop_states(w.need - own - (self.budget - self.reserved), keep=model)  # (one machine: parking)
+        choice = choose(self._options(w, r))
+        if choice is None:
             return False
-        parked = self._park_some(victims, room=self.budget - self.reserved - (need - own)
+        node, victims = choice.node, list(choice.victims)
+        parked = self._park_some(victims, room=self.nodes[node].memory - self.reserved_on(node) - (w.need - own)
                                  + sum(self.residents[v].bytes for v in victims))
         for name in victims:
             victim = self.residents[name]
@@ -257,16 +311,43 @@ class PoolPolicy:
             else:
                 victim.phase = InstanceState.STOPPING
         if r is None:
-            self.residents[model] = Resident(model, InstanceState.LOADING, need, in_flight=1, last_used=now,
-                                             park_bytes=park_need)
+            self.residents[model] = Resident(model, InstanceState.LOADING, w.need, in_flight=1, last_used=now,
+                                             park_bytes=w.park_need, node=node, threads=w.threads)
         else:
-            r.phase, r.bytes, r.in_flight, r.last_used, r.unload_reason = InstanceState.LOADING, need, 1, now, ""
+            r.phase, r.bytes, r.in_flight, r.last_used, r.unload_reason = InstanceState.LOADING, w.need, 1, now, ""
             r.state_bytes = 0  # resuming: its state goes into the new context
         for name in parked:
             self.effects.park(name)
         self.effects.start_load(model, [v for v in victims if v not in parked])
-        self.effects.grant(ticket, model)
+        self.effects.grant(w.ticket, model)
         return True
+
+    def _options(self, w: Waiter, parked: Resident | None) -> list[Option]:
+        """Every node the waiter's model could be loaded on now, each with the idle instances of that node
+        to evict first. A parked model resumes where it is: its worker is there."""
+        if parked is not None:
+            nodes = [parked.node] if parked.node in self.nodes else []
+        else:
+            nodes = [n for n in self.nodes if w.nodes is None or n in w.nodes]
+        own = parked.bytes - parked.state_bytes if parked is not None else 0
+        options = []
+        for node in nodes:
+            candidates = [Candidate(c.name, c.bytes, c.last_used, c.reload_seconds, c.priority,
+                                    parked=c.phase is InstanceState.PARKED, threads=c.threads)
+                          for c in self._counted()
+                          if c.node == node and c.name != w.model and c.in_flight == 0 and not c.pinned
+                          and c.phase in (InstanceState.READY, InstanceState.PARKED)]
+            reserved, budget = self.reserved_on(node), self.nodes[node].memory
+            free_threads = self._threads_free(node)
+            if free_threads is not None and parked is not None:
+                free_threads += parked.threads
+            victims = choose_victims(candidates, need=w.need - own, free=budget - reserved,
+                                     slots_free=self._slots_free(), need_threads=w.threads, free_threads=free_threads)
+            if victims is not None:
+                recency = max((self.residents[v].last_used for v in victims), default=0.0)
+                options.append(Option(node, tuple(victims), reserved / budget if budget else 1.0,
+                                      self.last_node.get(w.model) == node, recency))
+        return options
 
     def _drop_states(self, short: int, keep: str) -> None:
         """Drop saved KV states of parked instances, least recently used first, when that alone covers the
@@ -309,9 +390,20 @@ class PoolPolicy:
                 r.phase = InstanceState.STOPPING
                 self.effects.stop(r.name, "keep-alive expired")
         for w in list(self.waiting):
-            if self._admit(w.ticket, w.model, w.need, now, w.park_need):
+            if self._admit(w, now):
                 self.waiting.remove(w)
 
     def status(self) -> dict[str, object]:
         return {"budget": self.budget, "reserved": self.reserved, "max_models": self.max_models,
                 "default_keep_alive": self.keep_alive, "waiting": len(self.waiting)}
+
+    def node_status(self) -> list[dict[str, object]]:
+        """Each node's budget and what is reserved there (the status of a pool on a cluster)."""
+        out: list[dict[str, object]] = []
+        for node, cap in self.nodes.items():
+            free_threads = self._threads_free(node)
+            out.append({"node": node, "budget": cap.memory, "reserved": self.reserved_on(node),
+                        "threads": cap.threads or None,
+                        "threads_reserved": cap.threads - free_threads if free_threads is not None else None,
+                        "models": sorted(r.name for r in self._counted() if r.node == node)})
+        return out

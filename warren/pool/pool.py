@@ -17,7 +17,16 @@ operator's actions (load, unload, activate) and the periodic tick. Each other jo
 | the status view and its events | ``warren/pool/status.py`` (+ ``events.py``, ``state.py``) |
 | background tasks | ``warren/pool/tasks.py`` |
 | starting workers | the ``Launcher`` it is given (``warren/worker/launcher.py``; local by default) |
+| which node a load goes to (a cluster) | ``warren/pool/placement.py``, through the policy |
 | time | the ``Clock`` it is given (``warren/clock.py``): every wait of the pool goes through it |
+
+On a cluster (a launcher that ``places`` workers: ``warren --cluster``) the pool also keeps the nodes the
+launcher reports (``survey``: at start, every ``MEASURE_EVERY`` ticks, for a model file not asked about
+yet, and at once when a node is lost) and hands them to the policy, each with its own budget. Two
+features stay off there, because a Ray actor's resources are fixed for its life: the warm spare (its
+reservation could not grow to the model that adopts it) and parking (a parked worker would keep its
+whole reservation on its node, so parking could never make room, which is all it is for). For the same
+reason a worker's measured footprint is never counted below the reservation its actor holds.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from warren.errors import (
     ServerStopping,
     WarrenError,
     WorkerLoadFailed,
+    WorkerNotPlaced,
 )
 from warren.params import GenerationParams
 from warren.pool.compute import ComputeShares
@@ -48,14 +58,15 @@ from warren.pool.culprits import Culprits
 from warren.pool.events import EventBus
 from warren.pool.instance import ModelInstance
 from warren.pool.lease import Lease, split_handle
-from warren.pool.memory import MEASURE_EVERY, Footprints, MemoryMeter
+from warren.pool.memory import MEASURE_EVERY, MIB, Footprints, MemoryMeter
+from warren.pool.placement import Capacity
 from warren.pool.policy import PoolPolicy, Resident
 from warren.pool.spare import WarmSpare
 from warren.pool.state import InstanceState
 from warren.pool.status import StatusView
 from warren.pool.tasks import TaskSet
 from warren.settings import ServerSettings
-from warren.worker.launcher import ExitKind, Footprint, Launcher
+from warren.worker.launcher import LOCAL, ExitKind, Footprint, Launcher, Node
 from warren.worker.local import LocalLauncher
 
 __all__ = ["Lease", "Pool", "split_handle"]
@@ -77,21 +88,30 @@ class Pool:
         self.launcher: Launcher = launcher or LocalLauncher()
         self.clock: Clock = clock or MonotonicClock()
         self.heartbeat = heartbeat
-        self.park_evicted = park
-        self.policy = PoolPolicy(self, budget=budget, max_models=max_models, keep_alive=keep_alive,
-                                 wait_seconds=wait_seconds)
+        places = self.launcher.places
+        self.park_evicted = park and not places
+        # --kvcache-dir: stopped workers' KV states go to files there (warren/worker/kvfile.py); not memory
+        self.disk_tier = (str(server.kvcache_dir), server.kvcache_bytes) if server.kvcache_dir else ("", 0)
+        self.policy = PoolPolicy(self, budget=budget, nodes={} if places else None, max_models=max_models,
+                                 keep_alive=keep_alive, wait_seconds=wait_seconds)
+        self.cluster: dict[str, Node] = {}  # a placing launcher's nodes, as last surveyed
+        self._surveyed: frozenset[str] = frozenset()  # the model paths that survey asked about
+        self._survey: asyncio.Task[None] | None = None
         self.instances: dict[str, ModelInstance] = {}
         self.active_name: str | None = catalog.active.name if catalog.active else None
         self.events = EventBus()
         self.evictions: dict[str, int] = {}
         self.tasks = TaskSet()
         self.culprits = Culprits()
-        self.compute = ComputeShares()  # the cores, shared among the workers that generate
+        # The cores, shared among the workers that generate (warren/pool/compute.py). Only on one machine:
+        # on a cluster a worker's cores are its node's, and a node's threads are reserved in Ray instead.
+        self.compute = ComputeShares()
         self.crashes = CrashGuard(self.culprits)
         self.footprints = Footprints()
         self.meter = MemoryMeter(self.launcher, self.clock, self.tasks, residents=self.policy.residents,
                                  instances=self.instances, record=self._measured)
-        self.spare = WarmSpare(self.launcher, self.clock, self.tasks, enabled=warm_spare, heartbeat=heartbeat,
+        self.spare = WarmSpare(self.launcher, self.clock, self.tasks, enabled=warm_spare and not places,
+                               heartbeat=heartbeat,
                                room=lambda: self.policy.budget - self.policy.reserved)
         self.view = StatusView(self)
         self._tickets: dict[int, asyncio.Future[Resident | None]] = {}
@@ -113,6 +133,8 @@ class Pool:
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self, preload: bool = True) -> None:
         self.catalog.refresh()
+        if self.launcher.places:
+            await self.survey()
         self._ticker = asyncio.create_task(self._tick_loop(), name="pool-tick")
         if not preload:
             return
@@ -139,6 +161,7 @@ class Pool:
         await self.tasks.cancel_all()
         await asyncio.gather(*(i.stop() for i in self.instances.values()), self.spare.close(),
                              return_exceptions=True)
+        await self.launcher.close()
 
     # -- the request path ---------------------------------------------------------------------------------
     def instance_for(self, name: str | None) -> ModelInstance:
@@ -175,11 +198,17 @@ class Pool:
             self._check_handle(base, generation)
         self._check_loadable(entry)
         instance = self._instance(entry)
+        nodes = await self._nodes_for(entry)
         ticket = next(self._ticket_ids)
         future: asyncio.Future[Resident | None] = asyncio.get_running_loop().create_future()
         self._tickets[ticket] = future
         park_need = self.footprints.park_need(entry) if self.park_evicted else 0
-        self.policy.request(ticket, base, self.footprints.need(entry), self.clock.now(), park_need=park_need)
+        assert entry.settings is not None  # _check_loadable: a valid entry
+        threads = max(entry.settings.threads, entry.settings.batch_threads) if nodes is not None else 0
+        need = self.footprints.need(entry)
+        if nodes is not None:
+            need = -(-need // MIB) * MIB  # whole MiB: the unit of a reservation in Ray's resources
+        self.policy.request(ticket, base, need, self.clock.now(), park_need=park_need, nodes=nodes, threads=threads)
         if not future.done():
             self.view.publish(instance, "waiting")  # no room for it yet: it waits (``waiting`` in the status)
         try:
@@ -195,6 +224,54 @@ class Pool:
         finally:
             self._tickets.pop(ticket, None)
         return Lease(self, instance, resident)
+
+    async def _nodes_for(self, entry: CatalogEntry) -> list[str] | None:
+        """The nodes that have ``entry``'s model file (None on one machine: no choice to make). A file the
+        last survey did not ask about is asked about now."""
+        if not self.launcher.places or entry.settings is None:
+            return None
+        path = str(entry.settings.path)
+        if path not in self._surveyed:
+            await self.survey()
+        return [n.id for n in self.cluster.values() if path in n.files]
+
+    # -- the cluster --------------------------------------------------------------------------------------
+    async def survey(self) -> None:
+        """Ask the launcher for its nodes and which model files each has; the policy gets their budgets.
+        One survey at a time: a caller arriving during one waits for it. A survey that fails is logged
+        and leaves the nodes as they were."""
+        self._survey_soon()
+        assert self._survey is not None
+        await asyncio.shield(self._survey)
+
+    def _survey_soon(self) -> None:
+        if self._survey is None or self._survey.done():
+            self._survey = self.tasks.spawn(self._run_survey(), "survey")
+
+    async def _run_survey(self) -> None:
+        paths = frozenset(str(e.settings.path) for e in self.catalog.entries.values() if e.settings is not None)
+        try:
+            nodes = await asyncio.to_thread(self.launcher.nodes, paths)
+        except WarrenError as exc:
+            log.warning("could not survey the cluster's nodes error=%s", exc.message)
+            return
+        self._surveyed = paths
+        self._set_cluster({n.id: n for n in nodes})
+
+    def _set_cluster(self, nodes: dict[str, Node]) -> None:
+        if set(nodes) != set(self.cluster):
+            log.info("cluster nodes=%s", ",".join(sorted(nodes)) or "none")
+        self.cluster = nodes
+        self.policy.set_nodes({n.id: Capacity(n.memory, n.threads) for n in nodes.values()}, self.clock.now())
+        if self.events.listened:
+            self.events.publish("nodes", nodes=self.view.nodes())
+
+    def _node_lost(self, node: str) -> None:
+        """A worker went with its node: no load may be placed there from now on (before the survey that
+        confirms it, which is started now)."""
+        if node in self.cluster:
+            self._set_cluster({k: v for k, v in self.cluster.items() if k != node})
+        self._survey_soon()
 
     def load_task(self, model: str) -> asyncio.Task[None] | None:
         """The task loading (or resuming) ``model``, if one was started; a lease waits on it."""
@@ -224,7 +301,7 @@ class Pool:
             inst = ModelInstance(entry.settings, launcher=self.launcher, queue_limit=self.server.queue_limit,
                                  heartbeat=self.heartbeat, on_exit=self._on_crash,
                                  on_progress=lambda i: self.view.publish(i, "progress"), culprits=self.culprits,
-                                 compute=self.compute)
+                                 compute=None if self.launcher.places else self.compute, disk_tier=self.disk_tier)
             self.instances[entry.name] = inst
         elif inst.settings != entry.settings and inst.name not in self.policy.residents:
             inst.settings = entry.settings  # the entry changed while it was not loaded
@@ -279,8 +356,10 @@ class Pool:
 
     # -- carrying the effects out -------------------------------------------------------------------------
     async def _load(self, model: str, evict: list[str]) -> None:
+        placed = self.policy.residents.get(model)
+        node, reserve = (placed.node, placed.bytes) if placed is not None else (LOCAL, 0)
         replaced = [h.pid for h in (self.instances[v].handle for v in evict if v in self.instances)
-                    if h is not None and h.alive]
+                    if h is not None and h.alive and h.node == node]  # a pid names a process on its own node
         for victim in evict:
             self.evictions[victim] = self.evictions.get(victim, 0) + 1
             log.info("evicting model=%s to load model=%s", victim, model)
@@ -308,8 +387,10 @@ class Pool:
                 spare = await self.spare.take(instance.settings)
                 self.spare.trim()
                 await instance.load(spare, prefault_bytes=entry.estimate.kv_cache if entry.estimate else 0,
-                                    prefault_after=replaced)
+                                    prefault_after=replaced, node=node, reserve=reserve)
         except WarrenError as exc:
+            if isinstance(exc, WorkerNotPlaced):
+                self._survey_soon()  # the node may have left
             if isinstance(exc, WorkerLoadFailed) or instance.last_exit_kind is ExitKind.UNRUNNABLE:
                 self.crashes.load_failed(model, fingerprint=entry.fingerprint, message=exc.message)
             self.policy.load_finished(model, ok=False, measured=0, load_seconds=0.0, now=self.clock.now())
@@ -368,6 +449,8 @@ class Pool:
         """A worker died by itself. A crash during a generation is charged to that request; other crashes
         count toward the model's quarantine (``warren/pool/crashes.py``). Either way its reservation goes."""
         entry = self.catalog.entries.get(instance.name)
+        if instance.last_exit_kind is ExitKind.LOST and instance.node is not None:
+            self._node_lost(instance.node)  # before the policy hears of the exit and admits waiters
         charged = self.crashes.crashed(instance.name, kind=instance.last_exit_kind or ExitKind.CRASHED,
                                        message=error.message, fingerprint=entry.fingerprint if entry else (),
                                        now=self.clock.now(), culprit=culprit)
@@ -383,10 +466,11 @@ class Pool:
         resident = self.policy.residents.get(model)
         state = resident.state_bytes if parked and resident is not None else 0
         moved = self.footprints.record(model, footprint, parked=parked, state=state)
-        self.policy.measured(model, footprint.total, parked=parked)
+        instance = self.instances.get(model)
+        held = instance.handle.reserve if instance is not None and instance.handle is not None else 0
+        self.policy.measured(model, max(footprint.total, held), parked=parked)  # (module docstring: Ray)
         if not parked:
             self.spare.trim()
-        instance = self.instances.get(model)
         if moved and instance is not None:
             self.view.publish(instance, "measured")
 
@@ -481,6 +565,8 @@ class Pool:
             self.meter.idle()
             with contextlib.suppress(WarrenError):
                 self.catalog.refresh()
+            if self.launcher.places:
+                self._survey_soon()
         self._ticks += 1
 
     # -- status (``warren/pool/status.py``) ----------------------------------------------------------------

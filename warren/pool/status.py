@@ -59,6 +59,9 @@ class StatusView:
             status["quarantined"] = quarantined
         now = pool.clock.now()
         keep = pool.policy.keep_alive_of(resident) if resident is not None else None
+        if pool.launcher.places:  # which nodes of the cluster have its model file
+            path = str(entry.settings.path) if entry and entry.settings else None
+            status["nodes"] = sorted(n.id for n in pool.cluster.values() if path in n.files)
         status.update({
             "active": name == pool.active_name,
             "memory": {"estimate": entry.estimate.as_dict() if entry and entry.estimate else None,
@@ -86,8 +89,18 @@ class StatusView:
         })
         return status
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """Each node of the cluster: its budget, what is reserved there, and where it is (empty on one
+        machine)."""
+        pool = self.pool
+        if not pool.launcher.places:
+            return []
+        return [{**row, "address": pool.cluster[str(row["node"])].address} for row in pool.policy.node_status()
+                if row["node"] in pool.cluster]
+
     def status(self) -> dict[str, Any]:
         pool = self.pool
         names = list(dict.fromkeys([*pool.catalog.entries, *pool.instances]))
-        return {**pool.policy.status(), **self.totals(), "active": pool.active_name,
+        extra = {"nodes": self.nodes()} if pool.launcher.places else {}
+        return {**pool.policy.status(), **self.totals(), "active": pool.active_name, **extra,
                 "cores": pool.compute.cores, "instances": [self.describe(n) for n in names]}

@@ -1,9 +1,9 @@
 """Frames over an asyncio byte stream: the supervisor's end of a worker's channel.
 
-Every launcher hands the supervisor one of these (``warren/worker/launcher.py``). Today both ends of a
-socketpair carry it — the local launcher's child process, and the in-process fake's worker threads —
-so the codec, its size limit, EOF and garbage are exercised the same way in tests as in production; a
-launcher that runs workers on other machines would build it over a TCP stream.
+Every launcher hands the supervisor one of these (``warren/worker/launcher.py``). One end of a
+socketpair carries it for the local launcher's child process and the in-process fake's worker threads,
+so the codec, its size limit, EOF and garbage are exercised the same way in tests as in production; the
+Ray launcher's workers, on other machines, connect back over TCP (``warren/worker/rendezvous.py``).
 
 ``receive`` raises ``ChannelClosed`` at EOF (the worker ended or closed its end) and ``ProtocolError``
 on bytes that are not a frame; ``send`` raises ``Unencodable`` for a frame that cannot be encoded (bad
@@ -51,3 +51,8 @@ class FrameChannel:
 
     def close(self) -> None:
         self._writer.close()
+
+    def abort(self) -> None:
+        """End the connection now, unsent data dropped: the reader sees EOF. For a worker known to be gone
+        whose connection did not say so (its machine vanished: no FIN ever comes)."""
+        self._writer.transport.abort()

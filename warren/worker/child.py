@@ -41,6 +41,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from warren.embeddings import EmbedRequest
 from warren.errors import InvalidRequest, WarrenError, WorkerLoadFailed
 from warren.model_info import ModelInfo
 from warren.params import GenerationParams, GenerationResult
@@ -236,11 +237,24 @@ class Worker:
             if drop is not None:
                 drop()
             return p.Result(id=frame.id, value=None)
+        if isinstance(frame, p.Embed):
+            return self.embed(frame)
+        if isinstance(frame, p.SaveState):
+            save = getattr(self.engine, "save_state", None)
+            return p.Result(id=frame.id, value={"bytes": int(save() or 0) if save is not None else 0})
         if isinstance(frame, p.Tokenize):
             return p.Result(id=frame.id, value=self.engine.tokenize(frame.text, frame.special))
         if isinstance(frame, p.Detokenize):
             return p.Result(id=frame.id, value=self.engine.detokenize(frame.ids))
         raise InvalidRequest(f"the worker does not handle {frame.type_name} frames")
+
+    def embed(self, frame: p.Embed) -> p.Frame:
+        """On the main thread, like a generation: the embeddings context decodes on the cores the pool gave."""
+        embed = getattr(self.engine, "embed", None)
+        if embed is None:
+            raise InvalidRequest("this worker's engine cannot make embeddings")
+        r = embed(EmbedRequest.from_wire(frame.request))
+        return p.Embeddings(id=frame.id, vectors=r.data, dim=r.dim, tokens=list(r.tokens), seconds=r.seconds)
 
     def streamer(self, request_id: int) -> Callable[[str], None]:
         send, token = self.channel.send, p.Token
@@ -272,6 +286,9 @@ class Worker:
                 last[0] = fraction
                 self.channel.send(p.Progress(id=frame.id, fraction=round(fraction, 3)))
 
+        set_disk_tier = getattr(self.engine, "set_disk_tier", None)
+        if set_disk_tier is not None:
+            set_disk_tier(frame.kvcache_dir, frame.kvcache_bytes)
         try:
             info = self.engine.load(settings, progress, Prefault(frame.prefault_bytes, frame.prefault_after))
         except WarrenError:

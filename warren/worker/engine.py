@@ -38,6 +38,7 @@ import numpy as np
 
 from warren import flash_attention
 from warren.bounds import GRAMMAR_STEP_SECONDS
+from warren.embeddings import EmbeddingResult, EmbedRequest
 from warren.errors import (
     GrammarRejected,
     InvalidRequest,
@@ -50,9 +51,10 @@ from warren.grammar import check_gbnf, check_schema
 from warren.model_info import ModelInfo
 from warren.params import FinishReason, GenerationParams, GenerationResult, TokenLogprob
 from warren.settings import ModelSettings
-from warren.worker import flash_probe, kvstate, samplers, shift
+from warren.worker import flash_probe, kvfile, kvstate, samplers, shift
 from warren.worker.antislop import MAX_REWINDS, PhraseGuard
 from warren.worker.batching import BatchRunner
+from warren.worker.embedding import Embedder
 from warren.worker.logprobs import LogprobReader
 from warren.worker.parking import drop_file_pages, trim_heap
 from warren.worker.prefault import Prefault
@@ -204,6 +206,7 @@ class LlamaEngine:
         self.n_batch = 512
         self.cached: list[int] = []  # tokens whose K/V are in the cache (sequence 0), in order
         self.eog_tokens: list[int] = []
+        self.embedder: Embedder | None = None  # the embeddings context, made on first use (``embedding.py``)
         self.vocabulary: Vocabulary | None = None  # token facts for grammar checks, made on first use
         self.piece_buf = ctypes.create_string_buffer(256)
         self.one_token = (L.llama_token * 1)()
@@ -218,6 +221,9 @@ class LlamaEngine:
         self.shift_refused_said = False  # "cannot shift" is logged once per worker
         self.context_key: tuple[Any, ...] = ()  # what the context's cells depend on (``kvstate.state_key``)
         self.saved: kvstate.SavedState | None = None  # the sequences kept while parked (``kvstate.py``)
+        self.disk: tuple[Path, int] | None = None  # --kvcache-dir and its size bound (``kvfile.py``), if any
+        self.restored: dict[str, Any] = {}  # where the last context's state came from, for the Ready frame
+        self.entry_name = ""  # the catalog entry loaded (part of a disk file's key)
 
     @staticmethod
     def build_info() -> dict[str, Any]:
@@ -313,7 +319,8 @@ class LlamaEngine:
             eos_token=self._token_text(L.llama_vocab_eos(self.vocab)),
             add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)), gpu_offload=bool(L.llama_supports_gpu_offload()),
             flash_attention="auto" if self.flash is None else "on" if self.flash else "off",
-            extra={"flash_attention_measured": dataclasses.asdict(self.flash_measured)} if self.flash_measured else {})
+            extra={**({"flash_attention_measured": dataclasses.asdict(self.flash_measured)} if self.flash_measured
+                      else {}), **({"kv_state": self.restored} if self.restored else {})})
 
     def _flash_attention(self, settings: ModelSettings) -> bool | None:
         """On, off, or None for llama.cpp's own "auto" (a model offloaded to a GPU): forced by the settings, or
@@ -341,6 +348,7 @@ class LlamaEngine:
         """Free the context and the weights' pages; keep the model for a quick ``load`` later, and the cached
         sequences' KV state when it takes at most ``keep_state_bytes`` (negative: any size). Returns the bytes kept."""
         self.saved = None
+        self._close_embedder()
         # One sequence only: with --parallelrequests the sequences share a unified cache, and a sequence put
         # back there was seen to give other greedy text than before the park (issue 14): not kept, for now.
         if self.ctx is not None and keep_state_bytes != 0 and self.parallel == 1:
@@ -356,18 +364,65 @@ class LlamaEngine:
         return self.saved.nbytes if self.saved is not None else 0
 
     def drop_state(self) -> None:
-        """The pool needs the saved state's memory back (``DropState``): the next load decodes from scratch."""
+        """The pool needs the saved state's memory back (``DropState``): the next load decodes from scratch,
+        unless the disk tier keeps it (written there first: the file costs no memory)."""
+        if self.saved is not None and self.disk is not None:
+            self._write_state(self.saved)
         self.saved = None
         trim_heap()
 
+    def set_disk_tier(self, directory: str, limit: int) -> None:
+        """``--kvcache-dir``: where states go before this worker stops, and come from when it has none."""
+        self.disk = (Path(directory), limit) if directory and limit > 0 else None
+
+    def save_state(self) -> int:
+        """``SaveState``, before the pool stops this worker: write the cached conversation to the disk tier — the
+        context's cells, or the state kept while parked. The bytes written (0: nothing to keep, or no tier)."""
+        if self.disk is None:
+            return 0
+        state = self.saved
+        if self.ctx is not None and self.parallel == 1:
+            state = kvstate.save(self.ctx, self.context_key, [(0, self.cached)], -1)
+        return self._write_state(state) if state is not None else 0
+
+    def _disk_key(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A file outlives this process: its key also names the engine, whose state layout is its own, and the
+        catalog entry — two entries of one model file would otherwise overwrite each other's conversation."""
+        return (*key, "llama-cpp-python", L.__version__, self.entry_name)
+
+    def _write_state(self, state: kvstate.SavedState) -> int:
+        assert self.disk is not None
+        directory, limit = self.disk
+        sequences = [kvfile.StoredSequence(s.seq_id, s.tokens, s.data) for s in state.sequences]
+        try:
+            path = kvfile.write(directory, self._disk_key(state.key), sequences, limit)
+        except OSError as exc:  # a full or read-only disk loses the state, not the worker
+            print(f"warren worker: could not write the KV state to {directory}: {exc}", file=sys.stderr, flush=True)
+            return 0
+        return path.stat().st_size if path is not None else 0
+
     def _restore_state(self, settings: ModelSettings) -> None:
-        """Put the sequences saved at park back into the new context, if it has the same shape; either way
-        the saved bytes are freed (the context holds them now, or they cannot be used)."""
+        """Put the sequences saved at park back into the new context, if it has the same shape — or, with none
+        in memory, the state the disk tier holds for this key (a worker that was stopped, or warren restarted).
+        Either way the saved bytes are freed (the context holds them now, or they cannot be used)."""
         self.context_key = (*kvstate.state_key(settings), self.flash)  # flash attention stores V otherwise
+        self.entry_name = settings.name
         saved, self.saved = self.saved, None
+        self.restored = {}
+        source = "memory"
+        if saved is None and self.disk is not None and self.parallel == 1:
+            refused: list[str] = []
+            stored = kvfile.read(self.disk[0], self._disk_key(self.context_key), refused.append)
+            if refused:
+                self.restored = {"refused": refused[0]}
+            if stored:
+                saved = kvstate.SavedState(self.context_key, tuple(
+                    kvstate.SavedSequence(s.seq_id, s.tokens, s.data) for s in stored))
+                source = "disk"
         if saved is None or saved.key != self.context_key:
             return
         self.cached = kvstate.restore(self.ctx, saved).get(0, [])
+        self.restored = {"from": source, "tokens": len(self.cached)}
         del saved
         trim_heap()
 
@@ -375,6 +430,22 @@ class LlamaEngine:
         if token < 0:
             return ""
         return (L.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
+
+    # -- embeddings (``warren/worker/embedding.py``) ----------------------------------------------------
+    def embed(self, request: EmbedRequest) -> EmbeddingResult:
+        """Every input of ``request`` in its own context (the generation's KV cache is left as it is), on the
+        threads the generation context runs now (the pool's share)."""
+        if self.ctx is None:
+            raise WorkerClosed("the model is parked: it needs a Load to get a context back")
+        if self.embedder is None:
+            self.embedder = Embedder(self.model, self.vocab, self.n_ctx,
+                                     lambda text: self.tokenize(text, special=True, add_bos=True))
+        return self.embedder.run(request, int(L.llama_n_threads(self.ctx)))
+
+    def _close_embedder(self) -> None:
+        if self.embedder is not None:
+            self.embedder.close()
+            self.embedder = None
 
     # -- the pool's share of the cores ----------------------------------------------------------------
     def set_threads(self, threads: int, cores: list[int]) -> None:

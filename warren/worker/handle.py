@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from warren.embeddings import EmbeddingResult, EmbedRequest
 from warren.errors import (
     Busy,
     InvalidRequest,
@@ -46,7 +47,7 @@ from warren.params import GenerationParams
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
 from warren.worker.channel import ChannelClosed, FrameChannel
-from warren.worker.launcher import ExitKind, Launcher, WorkerProcess, classify_exit
+from warren.worker.launcher import LOCAL, ExitKind, Launcher, WorkerProcess, classify_exit
 from warren.worker.liveness import Liveness, LivenessRule, ProcessProbe, Verdict
 from warren.worker.local import LocalLauncher
 
@@ -62,15 +63,19 @@ STOP_GRACE = 3.0  # after EOF a healthy worker exits in milliseconds; a busy one
 
 
 class WorkerHandle:
-    def __init__(self, settings: ModelSettings, *, launcher: Launcher | None = None, heartbeat: bool = True,
-                 load_timeout: float = LOAD_TIMEOUT, heartbeat_interval: float = HEARTBEAT_INTERVAL,
-                 liveness: LivenessRule | None = None, probe: ProcessProbe | None = None) -> None:
-        """``launcher``: what starts the worker (a local subprocess unless given). ``liveness``: the
+    def __init__(self, settings: ModelSettings, *, launcher: Launcher | None = None, node: str = LOCAL,
+                 reserve: int = 0, heartbeat: bool = True, load_timeout: float = LOAD_TIMEOUT,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL, liveness: LivenessRule | None = None,
+                 probe: ProcessProbe | None = None) -> None:
+        """``launcher``: what starts the worker (a local subprocess unless given); ``node``, ``reserve``:
+        where, and the bytes it holds there (a placing launcher's; ``Launcher.start``). ``liveness``: the
         heartbeat's thresholds; ``probe`` replaces the launcher's reading of the worker's process state
         for the verdict (``warren/worker/liveness.py``), for tests of the verdict."""
         self.settings = settings
         self.name = settings.name
         self.launcher: Launcher = launcher or LocalLauncher()
+        self.node = node
+        self.reserve = reserve
         self.worker: WorkerProcess | None = None
         self.channel: FrameChannel | None = None
         self.progress = 0.0
@@ -79,6 +84,7 @@ class WorkerHandle:
         self.cores: tuple[int, ...] = ()  # (): not pinned yet
         self.load_seconds = 0.0
         self.started_at = 0.0
+        self.disk_tier: tuple[str, int] = ("", 0)  # --kvcache-dir and its bound, sent with each Load ("": none)
         self._pending: dict[int, asyncio.Queue[p.Frame | WarrenError]] = {}
         self._ids = itertools.count(1)
         self._hello: asyncio.Future[p.Hello] | None = None
@@ -112,11 +118,11 @@ class WorkerHandle:
 
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
-        self.worker, self.channel = await self.launcher.start(self.settings)
+        self.worker, self.channel = await self.launcher.start(self.settings, self.node, self.reserve)
         self.started_at = time.monotonic()
         self._hello = asyncio.get_running_loop().create_future()
         self._tasks.append(asyncio.create_task(self._read_frames(self.channel), name=f"frames-{self.name}"))
-        log.debug("worker spawned model=%s pid=%s", self.name, self.pid)
+        log.debug("worker spawned model=%s node=%s pid=%s", self.name, self.node, self.pid)
         try:
             await asyncio.wait_for(asyncio.shield(self._hello), HELLO_TIMEOUT)
         except TimeoutError:
@@ -132,7 +138,8 @@ class WorkerHandle:
     async def load(self, prefault_bytes: int = 0, prefault_after: Sequence[int] = ()) -> ModelInfo:
         """``prefault_bytes``/``prefault_after``: see ``warren/worker/prefault.py``."""
         frame = await self._request(p.Load(id=next(self._ids), settings=self.settings.as_wire(),
-                                           prefault_bytes=prefault_bytes, prefault_after=list(prefault_after)),
+                                           prefault_bytes=prefault_bytes, prefault_after=list(prefault_after),
+                                           kvcache_dir=self.disk_tier[0], kvcache_bytes=self.disk_tier[1]),
                                    self._load_timeout, kill_on_timeout=True)
         assert isinstance(frame, p.Ready)
         self.model_info = ModelInfo.from_wire(frame.model)
@@ -162,6 +169,13 @@ class WorkerHandle:
     async def drop_state(self) -> None:
         """Ask a parked worker to free the KV state it kept (``DropState``)."""
         await self._request(p.DropState(id=next(self._ids)), CALL_TIMEOUT)
+
+    async def save_state(self, timeout: float) -> int:
+        """Ask the worker to write its cached conversation to the disk tier (``SaveState``) before it is stopped;
+        the bytes written."""
+        answer = await self._request(p.SaveState(id=next(self._ids)), timeout)
+        value = answer.value if isinstance(answer, p.Result) else None
+        return int(value.get("bytes", 0)) if isinstance(value, dict) else 0
 
     async def kill(self, reason: str, kind: ExitKind = ExitKind.HUNG) -> None:
         """End a misbehaving worker now; waiters get ``WorkerCrashed`` with ``reason``; ``kind`` becomes
@@ -236,6 +250,13 @@ class WorkerHandle:
         frame = await self._request(frame_type(id=next(self._ids), **fields), timeout)
         assert isinstance(frame, p.Result)
         return frame.value
+
+    async def embed(self, request: EmbedRequest) -> EmbeddingResult:
+        """One ``Embed``, one ``Embeddings``: no timeout, as a generation has none (it runs on the worker's main
+        thread; the heartbeat still watches the worker, and a client that leaves does not stop it)."""
+        frame = await self._request(p.Embed(id=next(self._ids), request=request.as_wire()))
+        assert isinstance(frame, p.Embeddings)
+        return EmbeddingResult(frame.vectors, frame.dim, tuple(frame.tokens), frame.seconds)
 
     async def generate(self, params: GenerationParams, stream: bool, abort: asyncio.Event | None = None,
                        on_done: Callable[[p.Done], None] | None = None) -> AsyncIterator[p.Token | p.Done]:
@@ -372,7 +393,8 @@ class WorkerHandle:
                 returncode = await worker.wait()
         await asyncio.sleep(0)  # let the output reader take the last lines
         self.exit_kind, how = classify_exit(returncode, requested=self._stopping, protocol_error=reason,
-                                            killed_for=self._kill_reason, killed_kind=self._kill_kind)
+                                            killed_for=self._kill_reason, killed_kind=self._kill_kind,
+                                            lost=worker.lost if worker is not None else "")
         if self._stopping:
             self.exit_error = WorkerClosed(f"model {self.name!r} was unloaded", model=self.name)
         else:

@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import psutil
 
@@ -31,7 +31,7 @@ from warren.settings import ModelSettings
 from warren.worker.channel import FrameChannel
 from warren.worker.environment import worker_environment
 from warren.worker.gpu_memory import GpuMemory
-from warren.worker.launcher import Footprint, WorkerProcess
+from warren.worker.launcher import LOCAL, Footprint, Node, WorkerProcess
 from warren.worker.liveness import ProcessSample, read_proc_stat
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class LocalWorker:
     def __init__(self, process: asyncio.subprocess.Process, label: str) -> None:
         self.process = process
         self.pid = process.pid
+        self.node = LOCAL
+        self.lost = ""  # a local worker always has an exit status
         self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
         self._reader = asyncio.get_running_loop().create_task(self._read_output(label), name=f"output-{label}")
 
@@ -101,11 +103,16 @@ class LocalWorker:
 
 class LocalLauncher:
     default_engine = "llama"
+    places = False  # one node, this machine: the pool's --memory-budget is its budget
 
     def __init__(self, gpu: GpuMemory | None = None) -> None:
         self.gpu = gpu or GpuMemory()
 
-    async def start(self, settings: ModelSettings) -> tuple[LocalWorker, FrameChannel]:
+    def nodes(self, paths: Collection[str]) -> list[Node]:
+        return []
+
+    async def start(self, settings: ModelSettings, node: str = LOCAL, reserve: int = 0
+                    ) -> tuple[LocalWorker, FrameChannel]:
         parent_sock, child_sock = socket.socketpair()
         try:
             process = await asyncio.create_subprocess_exec(
@@ -132,3 +139,6 @@ class LocalLauncher:
     @property
     def reports_gpu(self) -> bool:
         return self.gpu.available
+
+    async def close(self) -> None:
+        pass

@@ -13,6 +13,7 @@ Wire format (one frame)::
 - A generation is one ``Generate`` answered by any number of ``Token`` frames (only when it asked to
   stream) closed by exactly one ``Done`` or ``Failed``. ``Cancel`` asks the worker to stop early; the
   request still ends with its ``Done`` (finish reason ``abort``).
+- Embeddings are one ``Embed`` (every input of the request) answered by one ``Embeddings`` or ``Failed``.
 - Errors cross as ``Failed`` frames carrying ``WarrenError.to_wire()``, rebuilt on the other side as the
   same class.
 
@@ -54,6 +55,8 @@ class Load(Frame):
     settings: dict[str, Any] = field(default_factory=dict)  # ModelSettings.as_wire()
     prefault_bytes: int = 0  # the KV cache's estimated size, faulted in while the model loads
     prefault_after: list[int] = field(default_factory=list)  # pids of the workers this load replaces
+    kvcache_dir: str = ""  # --kvcache-dir: the disk tier of KV states ("": none; warren/worker/kvfile.py)
+    kvcache_bytes: int = 0  # --kvcache-size: the most its files may take
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,12 @@ class Park(Frame):
 @dataclass(frozen=True, slots=True)
 class DropState(Frame):
     """A parked worker frees the KV state it kept (the pool needs the memory). ``Result``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SaveState(Frame):
+    """The pool is about to stop this worker: write its cached conversation (the context's, or the state kept
+    while parked) to the disk tier named at ``Load``. ``Result`` with ``{"bytes": written}``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +99,14 @@ class Tokenize(Frame):
 @dataclass(frozen=True, slots=True)
 class Detokenize(Frame):
     ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Embed(Frame):
+    """Embed every input (a text, or a list of token ids) in one round trip: ``warren/embeddings.py``'s
+    ``EmbedRequest.as_wire()``. Answered by ``Embeddings``."""
+
+    request: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +162,17 @@ class Done(Frame):
     seed: int = 0
     cached_tokens: int = 0  # prompt tokens whose K/V were already in the cache (not decoded again)
     logprobs: list[Any] = field(default_factory=list)  # TokenLogprob.as_wire() per token, when asked
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings(Frame):
+    """The vectors of an ``Embed``, in input order: ``len(tokens)`` vectors of ``dim`` little-endian float32
+    values, concatenated (a quarter of the bytes of msgpack's float64 lists, and no per-value decoding)."""
+
+    vectors: bytes = b""
+    dim: int = 0
+    tokens: list[int] = field(default_factory=list)  # tokens embedded per input (after any truncation)
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

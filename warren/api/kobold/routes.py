@@ -13,13 +13,20 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from warren import __version__
-from warren.api import logprobs, serving, sse
+from warren.api import embedding, logprobs, serving, sse
 from warren.api.deps import bearer_ok, get_instance, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.kobold.genkeys import GenKeys, Ticket
-from warren.api.kobold.schemas import DetokenizeRequest, GenerateRequest, GenKeyRequest, TokenizeRequest
+from warren.api.kobold.schemas import (
+    DetokenizeRequest,
+    EmbeddingsRequest,
+    GenerateRequest,
+    GenKeyRequest,
+    TokenizeRequest,
+)
 from warren.api.kobold.translate import constraints, finish_reason, perf_fields, to_params
 from warren.api.serving import Item
+from warren.embeddings import EmbedRequest, Truncate
 from warren.errors import WarrenError
 from warren.params import GenerationResult
 from warren.pool.instance import ModelInstance
@@ -76,7 +83,7 @@ async def extra_version(pool: Pool = Depends(get_pool)) -> dict[str, Any]:
     return {"result": "KoboldCpp", "version": KOBOLDCPP_VERSION, "warren": __version__,
             "protected": bool(s.password), "llm": pool.active_name is not None, "txt2img": False, "vision": False,
             "audio": False, "transcribe": False, "multiplayer": False, "websearch": False, "tts": False,
-            "embeddings": False, "savedata": False, "admin": admin, "guidance": False, "jinja": True}
+            "embeddings": True, "savedata": False, "admin": admin, "guidance": False, "jinja": True}
 
 
 @_get(["/api/extra/true_max_context_length"] + _both("/config/max_context_length"))
@@ -211,3 +218,14 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
     async with await get_pool(request).acquire(model_from_path(request)) as instance:
         return {"result": await instance.detokenize(body.ids), "success": True}
+
+
+# -- embeddings ------------------------------------------------------------------------------------------
+@_post(["/api/extra/embeddings"], dependencies=protected)
+async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
+    """As KoboldCpp: unit-length vectors in OpenAI's list body; a long input keeps its end (and its BOS) unless
+    ``truncate`` is false, which makes it a 400."""
+    inputs = (body.input,) if isinstance(body.input, str) else tuple(body.input)
+    req = EmbedRequest(inputs, truncate=Truncate.KEEP_END if body.truncate else Truncate.REFUSE)
+    result = await embedding.embed(request, embedding.model_for(request, None), req)
+    return embedding.list_body(result, body.encoding_format)

@@ -9,6 +9,8 @@ A value out of range is a 400 in KoboldCpp's error shape.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from warren.api.sampling import CONTEXT_MAX, Samplers
@@ -48,3 +50,14 @@ class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     ids: list[int] = Field(..., max_length=1_000_000)
+
+
+class EmbeddingsRequest(BaseModel):
+    """``/api/extra/embeddings``: KoboldCpp's own fields (``input``, ``truncate``) and OpenAI's ``encoding_format``,
+    which its shared handler also reads. ``model`` is ignored: the route serves the embeddings model."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str]
+    truncate: bool = True
+    encoding_format: Literal["float", "base64"] = "float"

@@ -1,5 +1,6 @@
 """Ollama's API over the whole catalog: ``/api/version``, ``/api/tags``, ``/api/ps``, ``/api/show``,
-``/api/generate`` and ``/api/chat`` (NDJSON streaming by default), with ``keep_alive`` mapped onto the pool.
+``/api/generate`` and ``/api/chat`` (NDJSON streaming by default), ``/api/embed`` and ``/api/embeddings``, with
+``keep_alive`` mapped onto the pool.
 
 Unlike KoboldCpp's fake single-model list, every catalog entry is listed and can be used by name, and
 ``/api/ps`` shows what is really loaded, with its measured size and when its keep-alive expires.
@@ -16,13 +17,22 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from warren.api import serving
+from warren.api import embedding, serving
 from warren.api.chat_format import chat_format
 from warren.api.deps import client_model, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.ollama import translate as t
-from warren.api.ollama.schemas import Base, ChatRequest, GenerateRequest, ShowRequest
+from warren.api.ollama.schemas import (
+    Base,
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    ShowRequest,
+)
 from warren.api.serving import Item
+from warren.embeddings import EmbedRequest as Embed
+from warren.embeddings import Truncate
 from warren.errors import InvalidRequest, WarrenError
 from warren.params import GenerationParams, GenerationResult
 from warren.pool.instance import ModelInstance
@@ -160,3 +170,46 @@ async def chat(body: ChatRequest, request: Request) -> Any:
     return await _serve(request, body, not body.messages,
                         lambda i: t.chat_params(body, i.model_info, i.context_size, get_pool(request).server,
                                                   chat_format(get_pool(request), i.name), i.name), chat=True)
+
+
+# -- embeddings ------------------------------------------------------------------------------------------
+def _keep_alive(request: Request, value: float | str | None) -> Callable[[ModelInstance], None]:
+    keep = t.keep_alive_seconds(value)
+    pool = get_pool(request)
+
+    def configure(instance: ModelInstance) -> None:
+        if keep is not None:
+            pool.client_keep_alive(instance.name, keep)
+
+    return configure
+
+
+@router.post("/api/embed", dependencies=protected)
+async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
+    """Normalised vectors, as Ollama's are. An empty ``input`` only loads the model (Ollama's answer then has
+    no vectors)."""
+    began = time.perf_counter()
+    model = embedding.model_for(request, t.model_name(body.model))
+    inputs = (body.input,) if isinstance(body.input, str) else tuple(body.input)
+    configure = _keep_alive(request, body.keep_alive)
+    if inputs in ((), ("",)):
+        instance, load_seconds = await serving.admit(request, model)
+        configure(instance)
+        return {"model": body.model, "embeddings": [], "total_duration": int((time.perf_counter() - began) * t.NS),
+                "load_duration": int(load_seconds * t.NS), "prompt_eval_count": 0}
+    req = Embed(inputs, truncate=Truncate.KEEP_START if body.truncate else Truncate.REFUSE)
+    done = await embedding.embed(request, model, req, on_ready=configure, dimensions=body.dimensions)
+    return {"model": body.model, "embeddings": done.result.vectors(),
+            "total_duration": int((time.perf_counter() - began) * t.NS),
+            "load_duration": int(done.load_seconds * t.NS), "prompt_eval_count": done.result.prompt_tokens}
+
+
+@router.post("/api/embeddings", dependencies=protected)
+async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
+    """Ollama's older route: the raw vector (not normalised); an empty prompt gives an empty one, as Ollama."""
+    if not body.prompt:
+        return {"embedding": []}
+    model = embedding.model_for(request, t.model_name(body.model))
+    req = Embed((body.prompt,), normalize=False, truncate=Truncate.KEEP_START)
+    done = await embedding.embed(request, model, req, on_ready=_keep_alive(request, body.keep_alive))
+    return {"embedding": done.result.vector(0)}

@@ -94,3 +94,28 @@ class ShowRequest(BaseModel):
 
     model: str | None = Field(None, max_length=512)
     name: str | None = Field(None, max_length=512)  # older clients send "name"
+
+
+class EmbedRequest(BaseModel):
+    """``/api/embed``: ``input`` a string or strings; ``truncate`` (default true) cuts an input longer than the
+    context to fit, false makes it a 400. ``options`` are accepted and unused (no sampling here)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(..., min_length=1, max_length=512)
+    input: str | list[str] = ""
+    truncate: bool = True
+    dimensions: int | None = Field(None, ge=1)
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+
+
+class EmbeddingsRequest(BaseModel):
+    """``/api/embeddings`` (Ollama's older route): one ``prompt``, one vector, not normalised."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(..., min_length=1, max_length=512)
+    prompt: str = ""
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None

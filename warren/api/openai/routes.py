@@ -1,4 +1,4 @@
-"""OpenAI's API: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``.
+"""OpenAI's API: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``, ``POST /v1/embeddings``.
 
 Streaming is SSE of ``data: {chunk}`` lines ending with ``data: [DONE]``; a failure mid-stream is sent
 as ``data: {"error": {...}}`` (the official clients raise it as an APIError) and the stream ends.
@@ -15,13 +15,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from warren.api import logprobs, serving, sse
+from warren.api import embedding, logprobs, serving, sse
 from warren.api.chat_format import chat_format
 from warren.api.deps import client_model, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.openai import translate
-from warren.api.openai.schemas import ChatRequest, CompletionRequest
+from warren.api.openai.schemas import ChatRequest, CompletionRequest, EmbeddingsRequest
 from warren.api.serving import Item
+from warren.embeddings import EmbedRequest
 from warren.errors import WarrenError
 from warren.grammar import Constraints
 from warren.params import GenerationParams, GenerationResult
@@ -104,3 +105,12 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     return await _run(request, body.model, translate.constraints(body),
                       lambda i: translate.chat_params(body, server, i.model_info, i.context_size,
                                                      chat_format(get_pool(request), i.name), i.name), body.stream, True, include_usage)
+
+
+@router.post("/v1/embeddings", dependencies=protected)
+async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
+    """Unit-length vectors, as OpenAI's are; an input longer than the model's context is a 400, as on OpenAI."""
+    model = embedding.model_for(request, body.model)
+    result = await embedding.embed(request, model, EmbedRequest(translate.embedding_inputs(body.input)),
+                                   dimensions=body.dimensions)
+    return embedding.list_body(result, body.encoding_format)

@@ -113,3 +113,16 @@ class ChatRequest(Sampling):
     response_format: dict[str, Any] | None = None
     logprobs: bool = False
     top_logprobs: TopLogprobs | None = None
+
+
+class EmbeddingsRequest(BaseModel):
+    """``/v1/embeddings``: ``input`` is a string, a list of strings, a token array or a list of token arrays, as
+    OpenAI's API takes. Unknown fields are ignored, as on the other routes."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, max_length=512)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None

@@ -121,3 +121,12 @@ def chat_body(r: GenerationResult, model: str) -> dict[str, Any]:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
                          "logprobs": logprobs.chat(r), "finish_reason": finish_reason(r.finish_reason)}],
             "usage": usage(r)}
+
+
+def embedding_inputs(value: str | list[str] | list[int] | list[list[int]]) -> tuple[str | tuple[int, ...], ...]:
+    """OpenAI's ``input``: one string, strings, one token array (a list of ints), or token arrays."""
+    if isinstance(value, str):
+        return (value,)
+    if value and all(isinstance(v, int) for v in value):
+        return (tuple(value),)  # type: ignore[arg-type]
+    return tuple(v if isinstance(v, str) else tuple(v) for v in value)  # type: ignore[union-attr]

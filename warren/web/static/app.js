@@ -155,6 +155,8 @@ function fillCard(card, m) {
     ${reason ? `<p class="reason" data-role="reason">${escapeHtml(reason)}</p>` : ""}
     <dl>
       <dt>handle</dt><dd data-role="handle">${escapeHtml(m.handle || "—")}</dd>
+      ${m.node && m.node !== "local" // on a cluster (warren --cluster): the node its worker runs (or last ran) on
+        ? `<dt>node</dt><dd data-role="node" title="${escapeHtml(m.node)}">${escapeHtml(m.node.slice(0, 12))}</dd>` : ""}
       <dt>memory</dt><dd data-role="memory">estimate ${mib(est)} · ${m.state === "parked"
         ? `parked ${mib(m.memory?.reserved)}${m.memory?.kv_state ? ` (KV state ${mib(m.memory.kv_state)})` : ""}`
         : `measured ${loaded ? mib(m.memory?.measured) : "—"}`}</dd>
