@@ -111,3 +111,23 @@ class GenerationResult:
     generation_seconds: float
     seed: int
     cached_tokens: int = 0  # prompt tokens found in the cache (reused prefix, restored or shifted), not decoded
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per generated token when the request asked (``logprobs``)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token's log-probability (log-softmax of the raw logits of its step, before any sampler, as
+    OpenAI reports it) and the most likely tokens of that step, best first: ``(text, bytes, logprob)``."""
+
+    token: str
+    raw: bytes  # the token's bytes (a piece may be part of a UTF-8 character: OpenAI's ``bytes``)
+    logprob: float
+    top: tuple[tuple[str, bytes, float], ...] = ()
+
+    def as_wire(self) -> list[Any]:
+        return [self.token, self.raw, self.logprob, [list(t) for t in self.top]]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> TokenLogprob:
+        token, raw, logprob, top = data
+        return cls(token, bytes(raw), float(logprob), tuple((t, bytes(b), float(lp)) for t, b, lp in top))

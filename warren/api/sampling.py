@@ -13,9 +13,8 @@ not in one dialect:
   documents (OpenAI's ``temperature`` is 1), never other bounds. Ollama's options, under Ollama's names, are
   turned into a ``Samplers`` and take the same road.
 - **The mapping** is ``sampler_fields``: every dialect's ``GenerationParams`` gets its sampling fields from it,
-  so a sampler honoured on one route is honoured on all. Samplers the engine does not apply yet (DRY, XTC,
-  top-n-sigma, dynamic temperature, smoothing, ``top_a``, ``tfs``, ``sampler_order``) are carried through all
-  the same, off by default; ``docs/api-compat.md`` says which the worker applies.
+  so a sampler honoured on one route is honoured on all. The worker builds its chain from them
+  (``warren/worker/samplers.py``); ``docs/api-compat.md`` says which it applies and what each costs.
 - **Length**: ``generation_amount`` is the one place ``--defaultgenamt`` and ``--genlimit`` apply.
 """
 

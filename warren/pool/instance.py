@@ -35,7 +35,7 @@ from typing import Any
 from warren.embeddings import EmbeddingResult, EmbedRequest
 from warren.errors import Busy, RequestNotStarted, WarrenError, WorkerClosed, WorkerCrashed, WorkerNotPlaced
 from warren.model_info import ModelInfo
-from warren.params import FinishReason, GenerationParams, GenerationResult
+from warren.params import FinishReason, GenerationParams, GenerationResult, TokenLogprob
 from warren.pool.compute import ComputeShares
 from warren.pool.culprits import Culprits
 from warren.pool.state import InstanceState
@@ -450,4 +450,4 @@ class ModelInstance:
 def _result(done: p.Done) -> GenerationResult:
     return GenerationResult(done.text, FinishReason(done.finish_reason), done.prompt_tokens,
                             done.completion_tokens, done.prompt_seconds, done.generation_seconds, done.seed,
-                            done.cached_tokens)
+                            done.cached_tokens, tuple(TokenLogprob.from_wire(e) for e in done.logprobs))

@@ -33,8 +33,9 @@ from typing import Any
 
 import llama_cpp as L
 
-from warren.errors import Busy, WarrenError
-from warren.params import FinishReason, GenerationParams, GenerationResult
+from warren.errors import Busy, InvalidRequest, WarrenError
+from warren.params import FinishReason, GenerationParams, GenerationResult, TokenLogprob
+from warren.worker.logprobs import LogprobReader
 from warren.worker.stops import StopMatcher
 
 STEP_STRETCH = 2.5  # a step that prefills may take this many times a decode-only step
@@ -63,6 +64,8 @@ class Running:
     utf8: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     started: float = field(default_factory=time.perf_counter)
     prompt_done: float = 0.0
+    reader: LogprobReader | None = None  # when the request asked for logprobs
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -118,6 +121,10 @@ class BatchRunner:
         its result (or error) when it ends. Raises what the request got wrong (prompt too long, grammar)."""
         engine = self.engine
         tokens = engine._prepare_prompt(params)
+        phrase = next((s for s in params.banned_strings if len(engine.tokenize(s, special=False)) > 1), None)
+        if phrase is not None:  # backing up one sequence of a shared batch is not done (docs/api-compat.md)
+            raise InvalidRequest(f"banned string {phrase!r} is several tokens long: with --parallelrequests above 1 "
+                                 "only banned strings of one token are supported", param="banned_strings")
         free = [s for s in self.slots if s.running is None]
         if not free:
             raise Busy("every sequence of this model is in use")
@@ -129,11 +136,13 @@ class BatchRunner:
             n_keep = 0
         slot.cached = slot.cached[:n_keep]
         seed = params.seed if params.seed >= 0 else random.getrandbits(31)
-        sampler = engine._sampler(params, seed)
+        sampler = engine._sampler(params, seed, tokens)
         window = min(params.context_limit or engine.n_ctx, engine.n_ctx)
         slot.running = Running(request_id, params, tokens, emit, cancelled, finish, sampler, seed,
                                max_new=min(params.max_tokens, window - len(tokens)), read=n_keep, reused=n_keep,
-                               stops=StopMatcher(params.stop, params.trim_stop))
+                               stops=StopMatcher(params.stop, params.trim_stop),
+                               reader=LogprobReader(engine.ctx, L.llama_vocab_n_tokens(engine.vocab),
+                                                    params.top_logprobs, engine._piece) if params.logprobs else None)
 
     # -- one step -----------------------------------------------------------------------------------------
     def step(self) -> None:
@@ -218,6 +227,8 @@ class BatchRunner:
         engine = self.engine
         if r.prompt_done == 0.0:
             r.prompt_done = time.perf_counter()
+        if r.reader is not None:
+            r.reader.read(index)
         try:
             token = engine._sample_at(r.sampler, index, r.n_new)
         except WarrenError as exc:
@@ -230,6 +241,8 @@ class BatchRunner:
             self._end(slot, self._result(r, FinishReason.STOP))
             return
         r.n_new += 1
+        if r.reader is not None:
+            r.logprobs.append(r.reader.entry(token))
         shown = r.stops.feed(r.utf8.decode(engine._piece(token)))
         if shown and r.emit is not None:
             r.emit(shown)
@@ -248,7 +261,8 @@ class BatchRunner:
         prompt_done = r.prompt_done or now
         return GenerationResult(text=r.stops.text, finish_reason=reason, prompt_tokens=len(r.tokens),
                                 completion_tokens=r.n_new, prompt_seconds=prompt_done - r.started,
-                                generation_seconds=now - prompt_done, seed=r.seed, cached_tokens=r.reused)
+                                generation_seconds=now - prompt_done, seed=r.seed, cached_tokens=r.reused,
+                                logprobs=tuple(r.logprobs))
 
     def _end(self, slot: Slot, outcome: GenerationResult | WarrenError) -> None:
         r = slot.running

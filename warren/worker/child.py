@@ -302,7 +302,8 @@ class Worker:
 def _done(request_id: int, r: GenerationResult) -> p.Done:
     return p.Done(id=request_id, text=r.text, finish_reason=r.finish_reason.value, prompt_tokens=r.prompt_tokens,
                   completion_tokens=r.completion_tokens, prompt_seconds=r.prompt_seconds,
-                  generation_seconds=r.generation_seconds, seed=r.seed, cached_tokens=r.cached_tokens)
+                  generation_seconds=r.generation_seconds, seed=r.seed, cached_tokens=r.cached_tokens,
+                  logprobs=[e.as_wire() for e in r.logprobs])
 
 
 def load_engine(spec: str) -> Engine:

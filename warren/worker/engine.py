@@ -29,7 +29,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +49,13 @@ from warren.errors import (
 )
 from warren.grammar import check_gbnf, check_schema
 from warren.model_info import ModelInfo
-from warren.params import FinishReason, GenerationParams, GenerationResult
+from warren.params import FinishReason, GenerationParams, GenerationResult, TokenLogprob
 from warren.settings import ModelSettings
-from warren.worker import flash_probe, kvfile, kvstate, shift
+from warren.worker import flash_probe, kvfile, kvstate, samplers, shift
+from warren.worker.antislop import MAX_REWINDS, PhraseGuard
 from warren.worker.batching import BatchRunner
 from warren.worker.embedding import Embedder
+from warren.worker.logprobs import LogprobReader
 from warren.worker.parking import drop_file_pages, trim_heap
 from warren.worker.prefault import Prefault
 from warren.worker.stops import StopMatcher
@@ -98,7 +100,7 @@ def _schema_grammar(schema: str) -> str:
                               param="json_schema") from None
 
 
-TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+TOKEN_DATA = samplers.TOKEN_DATA
 
 
 class Vocabulary:
@@ -176,7 +178,7 @@ class GuardedSampler:
 
     def free(self) -> None:
         L.llama_sampler_free(self.pre)
-        L.llama_sampler_free(self.post)
+        samplers.free(self.post)
 
 
 def _model_key(settings: ModelSettings) -> tuple[Any, ...]:
@@ -523,8 +525,9 @@ class LlamaEngine:
         return self.piece_buf.raw[:n]
 
     # -- sampling -----------------------------------------------------------------------------------
-    def _sampler(self, params: GenerationParams, seed: int) -> Any:
-        """The sampler chain for ``params``: one chain, or a ``GuardedSampler`` when there is a grammar."""
+    def _sampler(self, params: GenerationParams, seed: int, history: Sequence[int] = ()) -> Any:
+        """The sampler chain for ``params`` (``warren/worker/samplers.py``): one chain, or a ``GuardedSampler``
+        when there is a grammar. ``history``: the prompt, which the repetition penalty and DRY look back over."""
         n_vocab = L.llama_vocab_n_tokens(self.vocab)
         biases = dict(params.logit_bias)
         outside = [t for t in biases if not 0 <= t < n_vocab]
@@ -544,42 +547,20 @@ class LlamaEngine:
                 if len(ids) == 1:
                     biases[ids[0]] = float("-inf")
         biases = {t: b for t, b in biases.items() if 0 <= t < n_vocab}
-        if biases:
-            arr = (L.llama_logit_bias * len(biases))(*(L.llama_logit_bias(t, b) for t, b in biases.items()))
-            add(chain, L.llama_sampler_init_logit_bias(n_vocab, len(biases), arr))
-        if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
-            add(chain, L.llama_sampler_init_penalties(n_vocab, params.repeat_last_n, params.repeat_penalty,
-                                                      params.frequency_penalty, params.presence_penalty))
         guarded = None
+        post = chain
         if gbnf:
             grammar = L.llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
             if not grammar:
                 L.llama_sampler_free(chain)
                 raise GrammarRejected("llama.cpp could not use the grammar (its log is in the worker's stderr)",
                                       param="grammar")
-            add(chain, grammar)
             post = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
             guarded = GuardedSampler(self.ctx, n_vocab, chain, post)
-            chain = post  # the picking samplers go into the second chain
-        if params.temperature <= 0 or params.top_k == 1:
-            add(chain, L.llama_sampler_init_greedy())
-        elif params.mirostat == 1:
-            add(chain, L.llama_sampler_init_temp(params.temperature))
-            add(chain, L.llama_sampler_init_mirostat(n_vocab, seed, params.mirostat_tau, params.mirostat_eta, 100))
-        elif params.mirostat == 2:
-            add(chain, L.llama_sampler_init_temp(params.temperature))
-            add(chain, L.llama_sampler_init_mirostat_v2(seed, params.mirostat_tau, params.mirostat_eta))
-        else:
-            if params.top_k > 0:
-                add(chain, L.llama_sampler_init_top_k(params.top_k))
-            if params.typical_p < 1.0:
-                add(chain, L.llama_sampler_init_typical(params.typical_p, 1))
-            if params.top_p < 1.0:
-                add(chain, L.llama_sampler_init_top_p(params.top_p, 1))
-            if params.min_p > 0:
-                add(chain, L.llama_sampler_init_min_p(params.min_p, 1))
-            add(chain, L.llama_sampler_init_temp(params.temperature))
-            add(chain, L.llama_sampler_init_dist(seed))
+        # biases, penalties and DRY into ``chain``, the grammar after them, the picking samplers into ``post``
+        samplers.build(params, self.vocab, n_vocab, seed, biases, history, chain, post)
+        if gbnf:
+            add(chain, grammar)
         return guarded or chain
 
     def _grammar(self, params: GenerationParams) -> str:
@@ -612,10 +593,12 @@ class LlamaEngine:
 
     @staticmethod
     def _free_sampler(sampler: Any) -> None:
+        if sampler is None:
+            return
         if isinstance(sampler, GuardedSampler):
             sampler.free()
         else:
-            L.llama_sampler_free(sampler)
+            samplers.free(sampler)
 
     # -- several requests at once (--parallelrequests) --------------------------------------------------
     def batch_runner(self) -> BatchRunner:
@@ -690,42 +673,57 @@ class LlamaEngine:
         seed = params.seed if params.seed >= 0 else random.getrandbits(31)
         started = time.perf_counter()
         tokens = self._prepare_prompt(params)
-        sampler = self._sampler(params, seed)
+        box = [self._sampler(params, seed, tokens)]  # the loop replaces it when it backs up (banned phrases)
+        logprobs: list[TokenLogprob] = []
         try:
             read, reused = self._decode_prompt(tokens, cancelled)
             prompt_done = time.perf_counter()
             max_new = min(params.max_tokens, min(params.context_limit or self.n_ctx, self.n_ctx) - len(tokens))
             if read:
-                reason, n_new, text = self._token_loop(sampler, params, max_new, emit, cancelled)
+                reason, n_new, text = self._token_loop(box, params, seed, tokens, max_new, emit, cancelled, logprobs)
             else:
                 reason, n_new, text = FinishReason.ABORT, 0, ""
         finally:
-            self._free_sampler(sampler)
+            self._free_sampler(box[0])
         return GenerationResult(text=text, finish_reason=reason, prompt_tokens=len(tokens),
                                 completion_tokens=n_new, prompt_seconds=prompt_done - started,
                                 generation_seconds=time.perf_counter() - prompt_done, seed=seed,
-                                cached_tokens=reused)
+                                cached_tokens=reused, logprobs=tuple(logprobs))
 
-    def _token_loop(self, sampler: Any, params: GenerationParams, max_new: int,
-                    emit: Callable[[str], None] | None, cancelled: Callable[[], bool]
+    def _token_loop(self, box: list[Any], params: GenerationParams, seed: int, prompt: list[int], max_new: int,
+                    emit: Callable[[str], None] | None, cancelled: Callable[[], bool], logprobs: list[TokenLogprob]
                     ) -> tuple[FinishReason, int, str]:
+        """Sample, show, decode, token by token. With banned phrases (``warren/worker/antislop.py``) a phrase that
+        completes sends the loop back to the token where it began, that token banned there."""
         ctx, vocab, one, cached = self.ctx, self.vocab, self.one_token, self.cached
         sample, is_eog, decode, batch_one = L.llama_sampler_sample, L.llama_vocab_is_eog, L.llama_decode, \
             L.llama_batch_get_one
+        sampler = box[0]
         guarded = sampler if isinstance(sampler, GuardedSampler) else None
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         stops = StopMatcher(params.stop, params.trim_stop)
+        guard = PhraseGuard(params.banned_strings)
+        reader = LogprobReader(ctx, L.llama_vocab_n_tokens(vocab), params.top_logprobs, self._piece) \
+            if params.logprobs else None
+        made: list[int] = []  # the tokens generated so far
+        bans: dict[int, set[int]] = {}  # position in ``made`` -> tokens banned there (banned phrases' starts)
+        rewinds = 0
         reason = FinishReason.LENGTH
-        n_new = 0
-        while n_new < max_new:
+        while len(made) < max_new:
             if cancelled():
                 reason = FinishReason.ABORT
                 break
+            if reader is not None:
+                reader.read(-1)
+            if bans and (banned := bans.get(len(made))):
+                logits = L.llama_get_logits_ith(ctx, -1)
+                for t in banned:
+                    logits[t] = float("-inf")
             if guarded is None:
                 token = sample(sampler, ctx, -1)
             elif (picked := guarded.sample()) is not None:
                 token = picked
-            elif n_new:  # the grammar (with this request's bans) allows no further token: done
+            elif made:  # the grammar (with this request's bans) allows no further token: done
                 reason = FinishReason.STOP
                 break
             else:
@@ -734,14 +732,34 @@ class LlamaEngine:
             if is_eog(vocab, token):
                 reason = FinishReason.STOP
                 break
-            n_new += 1
-            shown = stops.feed(utf8.decode(self._piece(token)))
+            made.append(token)
+            if reader is not None:
+                logprobs.append(reader.entry(token))
+            if guard:
+                state = utf8.getstate()
+                safe, hit = guard.push(utf8.decode(self._piece(token)), state)
+                if hit is not None:
+                    banned_token = made[hit]
+                    utf8.setstate(guard.rewind(hit))
+                    del made[hit:], logprobs[hit:]
+                    if rewinds == MAX_REWINDS:  # the model keeps finding its way back: end before the phrase
+                        reason = FinishReason.STOP
+                        break
+                    rewinds += 1
+                    bans = {i: b for i, b in bans.items() if i <= hit}
+                    bans.setdefault(hit, set()).add(banned_token)
+                    sampler = self._back_up(box, params, seed, prompt, made)
+                    guarded = sampler if isinstance(sampler, GuardedSampler) else None
+                    continue
+                shown = stops.feed(safe)
+            else:
+                shown = stops.feed(utf8.decode(self._piece(token)))
             if shown and emit is not None:
                 emit(shown)
             if stops.stopped:
                 reason = FinishReason.STOP_SEQUENCE
                 break
-            if n_new == max_new:
+            if len(made) == max_new:
                 break  # no need to decode a token nothing will follow
             if self.threads_wanted is not self.threads_applied:
                 self._apply_threads(cancelled)
@@ -750,7 +768,36 @@ class LlamaEngine:
             if rc != 0:
                 raise WarrenError(f"llama_decode failed while generating (code {rc})")
             cached.append(token)
-        tail = stops.feed(utf8.decode(b"", True)) + stops.flush()
+        tail = utf8.decode(b"", True)
+        if guard:
+            tail = guard.flush(tail)
+        tail = stops.feed(tail) + stops.flush()
         if tail and emit is not None:
             emit(tail)
-        return reason, n_new, stops.text
+        return reason, len(made), stops.text
+
+    def _back_up(self, box: list[Any], params: GenerationParams, seed: int, prompt: list[int],
+                 made: list[int]) -> Any:
+        """Back to the step after ``prompt + made``: the cache loses what follows, the last kept token is decoded
+        again for its logits, and a fresh sampler chain takes the kept tokens (penalties, DRY, grammar state)."""
+        cached = self.cached
+        keep = len(prompt) + len(made) - 1
+        if not L.llama_memory_seq_rm(L.llama_get_memory(self.ctx), 0, keep, -1):
+            raise WarrenError("llama.cpp could not drop a banned phrase from the cache")
+        del cached[keep:]
+        self.one_token[0] = last = made[-1] if made else prompt[-1]
+        rc = L.llama_decode(self.ctx, L.llama_batch_get_one(self.one_token, 1))
+        if rc != 0:
+            raise WarrenError(f"llama_decode failed while backing up (code {rc})")
+        cached.append(last)
+        self._free_sampler(box[0])
+        box[0] = None  # (freed: a failure below must not free it twice)
+        sampler = self._sampler(params, seed, prompt)
+        box[0] = sampler
+        for token in made:
+            if isinstance(sampler, GuardedSampler):
+                L.llama_sampler_accept(sampler.pre, token)
+                L.llama_sampler_accept(sampler.post, token)
+            else:
+                L.llama_sampler_accept(sampler, token)
+        return sampler

@@ -161,6 +161,7 @@ class Done(Frame):
     generation_seconds: float = 0.0
     seed: int = 0
     cached_tokens: int = 0  # prompt tokens whose K/V were already in the cache (not decoded again)
+    logprobs: list[Any] = field(default_factory=list)  # TokenLogprob.as_wire() per token, when asked
 
 
 @dataclass(frozen=True, slots=True)

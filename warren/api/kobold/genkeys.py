@@ -11,6 +11,8 @@ event and its ``on_text`` callback (``ModelInstance.generate``).
 - An abort for a key that is still queued, or not seen yet (the abort can overtake its request), is
   remembered: that request ends at its turn with empty text, without reaching the worker (KoboldCpp's
   pending abort). At most ``PENDING`` such keys are kept per model, oldest forgotten first.
+- ``/api/extra/last_logprobs`` returns the logprobs of the last finished generation of a genkey, to that
+  genkey only; the last ``PENDING`` per model are kept.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from warren.pool.instance import ModelInstance
 
@@ -46,6 +49,18 @@ class GenKeys:
     def __init__(self) -> None:
         self._tickets: dict[tuple[str, str], Ticket] = {}
         self._pending: dict[str, OrderedDict[str, None]] = {}  # per model: aborted keys not seen yet
+        self._logprobs: dict[str, OrderedDict[str, Any]] = {}  # per model: the last logprobs of each genkey
+
+    def finished(self, instance_name: str, genkey: str, logprobs: Any) -> None:
+        if genkey:
+            kept = self._logprobs.setdefault(instance_name, OrderedDict())
+            kept.pop(genkey, None)
+            kept[genkey] = logprobs
+            while len(kept) > PENDING:
+                kept.popitem(last=False)
+
+    def last_logprobs(self, instance: ModelInstance, genkey: str) -> Any:
+        return self._logprobs.get(instance.name, {}).get(genkey) if genkey else None
 
     def enter(self, instance: ModelInstance, ticket: Ticket) -> None:
         """The request is admitted on ``instance`` (its model is known now)."""

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from warren import __version__
-from warren.api import embedding, serving, sse
+from warren.api import embedding, logprobs, serving, sse
 from warren.api.deps import bearer_ok, get_instance, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
 from warren.api.kobold.genkeys import GenKeys, Ticket
@@ -127,7 +127,7 @@ async def perf(request: Request, instance: ModelInstance = Depends(get_instance)
 # -- generation ----------------------------------------------------------------------------------------
 def _result_body(r: GenerationResult) -> dict[str, Any]:
     return {"results": [{"text": r.text, "finish_reason": finish_reason(r.finish_reason), "tool_calls": [],
-                         "logprobs": None, "prompt_tokens": r.prompt_tokens,
+                         "logprobs": logprobs.chat(r), "prompt_tokens": r.prompt_tokens,
                          "completion_tokens": r.completion_tokens}]}
 
 
@@ -157,6 +157,7 @@ async def _generate(body: GenerateRequest, request: Request, *, stream: bool) ->
 async def generate(body: GenerateRequest, request: Request) -> dict[str, Any]:
     done = await _generate(body, request, stream=False)
     assert done.result is not None
+    genkeys(request).finished(done.instance.name, body.genkey, logprobs.chat(done.result))
     return _result_body(done.result)
 
 
@@ -167,6 +168,7 @@ async def generate_stream(body: GenerateRequest, request: Request) -> StreamingR
     def on_item(item: Item) -> list[bytes]:
         if isinstance(item, str):
             return [sse.event({"token": item, "finish_reason": None}, "message")]
+        genkeys(request).finished(started.instance.name, body.genkey, logprobs.chat(item))
         return [sse.event({"token": "", "finish_reason": finish_reason(item.finish_reason)}, "message")]
 
     def on_error(exc: WarrenError) -> list[bytes]:
@@ -179,6 +181,17 @@ async def generate_stream(body: GenerateRequest, request: Request) -> StreamingR
 async def check_post(body: GenKeyRequest, request: Request, instance: ModelInstance = Depends(get_instance)
                      ) -> dict[str, Any]:
     return {"results": [{"text": genkeys(request).partial_text(instance, body.genkey)}]}
+
+
+@_post(["/api/extra/last_logprobs"], dependencies=protected)
+async def last_logprobs_post(body: GenKeyRequest, request: Request, instance: ModelInstance = Depends(get_instance)
+                             ) -> dict[str, Any]:
+    return {"logprobs": genkeys(request).last_logprobs(instance, body.genkey)}
+
+
+@_get(["/api/extra/last_logprobs"], dependencies=protected)
+async def last_logprobs_get() -> dict[str, Any]:
+    return {"logprobs": None}  # no genkey: nobody's logprobs are shown, as for generate/check
 
 
 @_get(["/api/extra/generate/check"], dependencies=protected)

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from warren.api import embedding, serving, sse
+from warren.api import embedding, logprobs, serving, sse
 from warren.api.chat_format import chat_format
 from warren.api.deps import client_model, get_pool, model_from_path, require_api_key
 from warren.api.errors import Dialect, error_body
@@ -59,8 +59,8 @@ def _stream(started: serving.Started, chat: bool, include_usage: bool) -> Stream
             return [chunk({"index": 0, "text": item, "logprobs": None, "finish_reason": None})]
         assert isinstance(item, GenerationResult)
         reason = translate.finish_reason(item.finish_reason)
-        end = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason} if chat else \
-            {"index": 0, "text": "", "logprobs": None, "finish_reason": reason}
+        end = {"index": 0, "delta": {}, "logprobs": logprobs.chat(item), "finish_reason": reason} if chat else \
+            {"index": 0, "text": "", "logprobs": logprobs.completion(item), "finish_reason": reason}
         out = [chunk(end)]
         if include_usage:
             out.append(chunk({}, usage=translate.usage(item)))

@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+from warren.api import logprobs
 from warren.api.chat_format import ChatFormat, render
 from warren.api.openai.schemas import ChatRequest, CompletionRequest, Sampling
 from warren.api.sampling import generation_amount, sampler_fields
@@ -109,7 +110,8 @@ def new_id(prefix: str) -> str:
 
 def completion_body(r: GenerationResult, model: str, echo_prompt: str = "") -> dict[str, Any]:
     return {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"text": echo_prompt + r.text, "index": 0, "logprobs": None,
+            "choices": [{"text": echo_prompt + r.text, "index": 0,
+                         "logprobs": logprobs.completion(r, len(echo_prompt)),
                          "finish_reason": finish_reason(r.finish_reason)}],
             "usage": usage(r)}
 
@@ -117,7 +119,7 @@ def completion_body(r: GenerationResult, model: str, echo_prompt: str = "") -> d
 def chat_body(r: GenerationResult, model: str) -> dict[str, Any]:
     return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
-                         "logprobs": None, "finish_reason": finish_reason(r.finish_reason)}],
+                         "logprobs": logprobs.chat(r), "finish_reason": finish_reason(r.finish_reason)}],
             "usage": usage(r)}
 
 
