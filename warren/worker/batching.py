@@ -36,11 +36,12 @@ import llama_cpp as L
 from warren.errors import Busy, InvalidRequest, WarrenError
 from warren.params import FinishReason, GenerationParams, GenerationResult, TokenLogprob
 from warren.worker.logprobs import LogprobReader
+from warren.worker.shift import shared_prefix
 from warren.worker.stops import StopMatcher
 
-STEP_STRETCH = 2.5  # a step that prefills may take this many times a decode-only step
-MIN_CHUNK = 8  # prompt tokens a prefilling sequence adds at least per step
-FIRST_CHUNK = 32  # ... and in its first step beside running streams, before the cost of a prompt token is known
+STEP_STRETCH = 2.0  # a step that prefills may take this many times a decode-only step (the target: 3x at most)
+MIN_CHUNK = 4  # prompt tokens a prefilling sequence adds at least per step
+FIRST_CHUNK = 8  # ... and in its first step beside running streams, before the cost of a prompt token is known
 
 
 @dataclass(eq=False)
@@ -128,8 +129,8 @@ class BatchRunner:
         free = [s for s in self.slots if s.running is None]
         if not free:
             raise Busy("every sequence of this model is in use")
-        slot = max(free, key=lambda s: _shared(s.cached, tokens))
-        n_keep = min(_shared(slot.cached, tokens), len(tokens) - 1)
+        slot = max(free, key=lambda s: shared_prefix(s.cached, tokens))
+        n_keep = min(shared_prefix(slot.cached, tokens), len(tokens) - 1)
         memory = L.llama_get_memory(engine.ctx)
         if not L.llama_memory_seq_rm(memory, slot.seq_id, n_keep, -1):
             L.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
@@ -289,12 +290,3 @@ class BatchRunner:
         for slot in before:
             if slot.running is not None:
                 self._end(slot, WarrenError(f"llama_decode failed (code {rc})"))
-
-
-def _shared(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
