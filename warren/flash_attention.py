@@ -26,6 +26,7 @@ read a decision without importing ``llama_cpp``; the measuring half runs in the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -64,6 +65,7 @@ def cache_file() -> Path:
     return Path(root) / "flash-attention.json"
 
 
+@functools.cache
 def _cpu() -> str:
     """The CPU model and its instruction sets: what the speed of the kernels depends on."""
     name, flags = platform.machine(), ""
@@ -87,8 +89,10 @@ def key(model: Path, threads: int, quant_kv: int, engine_version: str) -> str:
     return f"{model.resolve()}|{stamp}|{_cpu()}|{engine_version}|t{threads}|k{quant_kv}"
 
 
+@functools.cache
 def engine_version() -> str:
-    """The engine's version, without importing it (the supervisor never imports ``llama_cpp``)."""
+    """The engine's version, without importing it (the supervisor never imports ``llama_cpp``); read once:
+    a metadata lookup scans the installed packages (~50 ms)."""
     try:
         return metadata.version("llama_cpp_python")
     except metadata.PackageNotFoundError:

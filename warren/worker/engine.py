@@ -332,8 +332,7 @@ class LlamaEngine:
             return None
         if settings.parallel > 1:
             return False  # batched serving reads prompts in small chunks deep in the context (flash_attention.py)
-        key = flash_attention.key(Path(settings.path), settings.threads, settings.quant_kv,
-                                  flash_attention.engine_version())
+        key = flash_attention.key(Path(settings.path), settings.threads, settings.quant_kv, L.__version__)
         measured = flash_attention.recall(key)
         if measured is None:
             measured = flash_probe.measure(self.model, self.vocab, settings.threads, KV_TYPES[settings.quant_kv])
