@@ -13,11 +13,13 @@ backend supports it; KoboldCpp leaves it off. warren measures instead:
   ``~/.cache/warren/flash-attention.json`` (``WARREN_CACHE_DIR`` moves it) under the model file, the CPU,
   the engine and the thread count, so later loads decide at once. A model offloaded to a GPU is left to
   llama.cpp ("auto": on where the GPU backend supports it).
-- With ``--parallelrequests`` above 1 it is off on a CPU, unmeasured: a batched worker reads a newcomer's
-  prompt in chunks of a few tokens beside the running streams, and CPU flash attention is slowest exactly
-  there — on the AMD machine, an 8-token chunk at 2,000 tokens of depth beside three streams took 100-117 ms
-  with it and 60-70 ms without, and a 2,000-token prompt read that way 19.6 s against 14.7 s
-  (``docs/benchmarks.md``). A one-token probe at a shallow depth does not see it.
+- With ``--parallelrequests`` above 1 the same rule holds, though a batched worker reading a newcomer's
+  prompt in small chunks deep in the context is where CPU flash attention is slowest (an 8-token chunk at
+  depth 2,000 beside three streams: 100-117 ms with it, 60-70 ms without, ``docs/benchmarks.md``). Off,
+  each sequence's attention is computed over the whole shared cache with the others' cells masked, and the
+  sums come out in a different order than for the same request alone: greedy text of a request served
+  among others then differs from the same request served alone after a few dozen tokens. With it on, a
+  sequence's attention visits only its own cells, in the same order: the same text. Correct output first.
 
 This module is the stdlib half (the key, the cache, the rule), so the supervisor's memory estimate can
 read a decision without importing ``llama_cpp``; the measuring half runs in the worker.
@@ -104,8 +106,6 @@ def expected(settings: ModelSettings) -> bool:
     the memory estimate): forced, or measured earlier; unmeasured, llama.cpp's "auto" (on)."""
     if settings.flash_attention != "auto":
         return settings.flash_attention == "on"
-    if settings.parallel > 1:
-        return False
     measured = recall(key(settings.path, settings.threads, settings.quant_kv, engine_version()))
     return measured.choice if measured is not None else True
 

@@ -330,8 +330,6 @@ class LlamaEngine:
             return settings.flash_attention == "on"
         if settings.gpu_layers > 0 and L.llama_supports_gpu_offload():
             return None
-        if settings.parallel > 1:
-            return False  # batched serving reads prompts in small chunks deep in the context (flash_attention.py)
         key = flash_attention.key(Path(settings.path), settings.threads, settings.quant_kv, L.__version__)
         measured = flash_attention.recall(key)
         if measured is None:
