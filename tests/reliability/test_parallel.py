@@ -20,8 +20,11 @@ PROMPTS = ["Once upon a time", "The capital of France is", "def fibonacci(n):", 
 
 @pytest.fixture(scope="module")
 def srv(module_servers: Servers, model_path: Path) -> Server:
+    # Flash attention on, whatever this CPU's probe chose: only with it does a sequence's attention visit its
+    # own cells alone, in the same order as when it is served alone (warren/flash_attention.py) — off, the
+    # shared cache's masked cells change the order of the sums and greedy text drifts after some tokens.
     return module_servers.start("--model", str(model_path), "--contextsize", "2048", "--no-warm-spare",
-                                "--parallelrequests", "4", "--multiuser", "8")
+                                "--parallelrequests", "4", "--multiuser", "8", "--flashattention")
 
 
 def generate(srv: Server, prompt: str, **extra: object) -> dict:
