@@ -97,6 +97,15 @@ def test_chat_system_and_stop(client: ollama.Client) -> None:
     assert first_word not in (cut.message.content or "")
 
 
+def test_tail_free_sampling_is_honoured(client: ollama.Client) -> None:
+    def text(**options: float) -> str:
+        return client.generate(model="alpha", prompt="Once upon a time", options={"num_predict": 24, **options}).response
+
+    greedy = text(temperature=0)
+    assert text(temperature=2.0, seed=7) != greedy  # hot sampling wanders off the greedy path...
+    assert text(temperature=2.0, seed=7, tfs_z=0.0001) == greedy  # ...unless tail-free sampling keeps only the top
+
+
 def test_json_format_and_schema(client: ollama.Client) -> None:
     r = client.generate(model="alpha", prompt="Describe a cat as JSON.", format="json", stream=False,
                         options={"temperature": 0, "num_predict": 200})

@@ -39,6 +39,7 @@ class Options(BaseModel):
     top_p: Probability = 0.9
     min_p: Probability = 0.0
     typical_p: Probability = 1.0
+    tfs_z: Probability = 1.0  # tail-free sampling (older Ollama versions): KoboldCpp's tfs
     repeat_penalty: Penalty = 1.1
     repeat_last_n: PenaltyRange = 64
     presence_penalty: PresencePenalty = 0.0
@@ -53,7 +54,7 @@ class Options(BaseModel):
         """The same options under the shared (KoboldCpp's) names, for the one mapping every dialect uses."""
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return Samplers(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
-                        typical=self.typical_p, rep_pen=self.repeat_penalty, rep_pen_range=self.repeat_last_n,
+                        typical=self.typical_p, tfs=self.tfs_z, rep_pen=self.repeat_penalty, rep_pen_range=self.repeat_last_n,
                         presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
                         mirostat=self.mirostat, mirostat_tau=self.mirostat_tau, mirostat_eta=self.mirostat_eta,
                         sampler_seed=self.seed if self.seed is not None and self.seed >= 0 else -1,
