@@ -146,6 +146,34 @@ async def test_cancel_stops_generation_early(worker: WorkerHandle) -> None:
     assert done is not None and done.finish_reason == FinishReason.ABORT and done.completion_tokens < 100
 
 
+async def test_a_paused_worker_waits_for_its_turn_then_goes_on_or_leaves_when_cancelled(worker: WorkerHandle) -> None:
+    """A share of no threads (more generating workers than cores, ``warren/pool/compute.py``) holds the worker
+    before its next decode step; its turn lets it go on, and a cancel while it waits ends it at once."""
+    cores = tuple(sorted(os.sched_getaffinity(0)))
+    frames: list[p.Frame] = []
+
+    async def collect(abort: asyncio.Event) -> None:
+        params = GenerationParams(prompt="Once upon a time", temperature=0.0, max_tokens=8)
+        async for frame in worker.generate(params, True, abort):
+            frames.append(frame)
+
+    for turn_comes, expected in ((True, (FinishReason.LENGTH, 8)), (False, (FinishReason.ABORT, 0))):
+        frames.clear()
+        worker.set_threads(0, ())
+        abort = asyncio.Event()
+        task = asyncio.create_task(collect(abort))
+        finished, _ = await asyncio.wait({task}, timeout=1.0)
+        assert not finished and frames == []  # paused before the prompt's decode: nothing happens
+        if turn_comes:
+            worker.set_threads(len(cores), cores)
+        else:
+            abort.set()
+        await asyncio.wait_for(task, 60)
+        done = frames[-1]
+        assert isinstance(done, p.Done)
+        assert (done.finish_reason, done.completion_tokens) == expected
+
+
 async def test_cancel_stops_a_long_prompt_between_batches(model_path: Path) -> None:
     """Issue 11 item 2: a Cancel (client gone, abort, a Park behind it) takes effect between prompt batches,
     not after the whole prompt is read: here 16-token batches of a ~300-token prompt."""

@@ -156,8 +156,7 @@ class BatchRunner:
         reading = [s for s in self.slots if s.running is not None and s.running.pending is None]
         if not decoding and not reading:
             return
-        engine._apply_threads(lambda: any(s.running is not None and s.running.cancelled() for s in self.slots))
-        if any(s.running is not None and s.running.cancelled() for s in self.slots):
+        if not engine._apply_threads(lambda: any(s.running is not None and s.running.cancelled() for s in self.slots)):
             return  # cancelled while paused for its turn of the cores: it leaves at the next step
         before = {slot: (len(slot.cached), slot.running.read) for slot in decoding + reading if slot.running}
         n = 0

@@ -215,6 +215,7 @@ class LlamaEngine:
         self.parallel = 1  # sequences in the context (--parallelrequests)
         self.flash: bool | None = None  # flash attention in the current context (None: llama.cpp's auto)
         self.flash_measured: flash_attention.Measured | None = None
+        self.flash_known: dict[str, flash_attention.Measured] = {}  # measurements this worker has used, by key
         self.runner: BatchRunner | None = None  # stepping them, when there are several
         self.threads_applied: tuple[int, tuple[int, ...]] | None = None
         self.context_shift = False  # ContextShift on for this context (asked, and the cache can shift)
@@ -331,7 +332,7 @@ class LlamaEngine:
         if settings.gpu_layers > 0 and L.llama_supports_gpu_offload():
             return None
         key = flash_attention.key(Path(settings.path), settings.threads, settings.quant_kv, L.__version__)
-        measured = flash_attention.recall(key)
+        measured = self.flash_known.get(key) or flash_attention.recall(key)  # a resume reads no file
         if measured is None:
             measured = flash_probe.measure(self.model, self.vocab, settings.threads, KV_TYPES[settings.quant_kv])
             if measured is None:
@@ -340,7 +341,7 @@ class LlamaEngine:
             print(f"warren worker: flash attention measured at {measured.depth} tokens of context: "
                   f"{measured.on:.1f} tokens/s on, {measured.off:.1f} off: {'on' if measured.choice else 'off'}",
                   file=sys.stderr, flush=True)
-        self.flash_measured = measured
+        self.flash_measured = self.flash_known[key] = measured
         return measured.choice
 
     def park(self, keep_state_bytes: int = -1) -> int:
@@ -459,20 +460,20 @@ class LlamaEngine:
         with self.share_changed:
             self.share_changed.notify_all()
 
-    def _apply_threads(self, cancelled: Callable[[], bool] | None = None) -> None:
+    def _apply_threads(self, cancelled: Callable[[], bool] | None = None) -> bool:
         """Before a decode step: run on the share's number of threads, all of this process's threads on its
         cores (llama.cpp's and OpenMP's included: they are threads of this process, ``/proc/self/task``).
-        Paused (no threads), wait for the turn — or until ``cancelled``, which the caller then acts on."""
+        Paused (no threads), wait for the turn — or until ``cancelled``: then False, and the caller acts on it."""
         if self.threads_wanted is None or self.threads_wanted is self.threads_applied:
-            return
+            return True
         with self.share_changed:
             while self.threads_wanted is not None and self.threads_wanted[0] == 0:
                 if cancelled is not None and cancelled():
-                    return
+                    return False
                 self.share_changed.wait()
             wanted = self.threads_wanted
         if wanted is None or wanted is self.threads_applied:
-            return
+            return True
         threads, cores = wanted
         L.llama_set_n_threads(self.ctx, threads, threads)
         if cores and hasattr(os, "sched_setaffinity"):
@@ -480,6 +481,7 @@ class LlamaEngine:
                 with contextlib.suppress(OSError):  # a thread may end meanwhile
                     os.sched_setaffinity(int(tid), cores)
         self.threads_applied = wanted
+        return True
 
     # -- tokens -------------------------------------------------------------------------------------
     @property
