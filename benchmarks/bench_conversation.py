@@ -1,10 +1,11 @@
 """Conversations across a swap and at full context (issue 14): the two ratios side by side in one run.
 
-Run:  .venv/bin/python benchmarks/bench_conversation.py
+Run:  .venv/bin/python benchmarks/bench_conversation.py   (``--swap``: the swap case alone)
 
 1. **Swap.** A real server, two catalog entries of the default model (``a``, ``b``), ``--max-models 1``,
    ``--contextsize 4096``. A ~973-token chat on ``a``; the next turn's first token (streamed) is timed with
-   no swap in between, and again after one request to ``b`` (``a`` parked with its KV state, then resumed).
+   no swap in between, and again after one request to ``b`` (``a`` parked with its context, then resumed);
+   medians of 5 alternating rounds.
    Target: after-swap / no-swap <= 1.5 (before issue 14: ~35x).
    With the disk tier (``--kvcache-dir``): the same chat, warren stopped (its workers write their state) and
    started again; the next turn's first token with the model loaded first (``POST /api/models/a/load``: the
@@ -22,6 +23,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,18 +92,21 @@ def kobold_turn(url: str, prompt: str, memory: str, max_length: int) -> float:
     return time.perf_counter() - started
 
 
-def swap_case() -> tuple[float, float]:
+def swap_case(rounds: int = 5) -> tuple[float, float]:
+    """Medians over ``rounds`` alternating rounds of (no swap, after a swap and back)."""
     proc, url = serve({"a": 4096, "b": 4096}, "--max-models", "1", "--contextsize", "4096")
     try:
         chat = MEMORY + " ".join(line(i) for i in range(36))  # ~973 tokens
         first_token(url, "a", chat, max_tokens=8)
         turn = chat + " The next morning,"
-        first_token(url, "a", chat, max_tokens=8)  # the cache as the chat left it
-        no_swap = first_token(url, "a", turn)
-        first_token(url, "a", chat, max_tokens=8)
-        first_token(url, "b", "Hello")  # a is parked with its state
-        after_swap = first_token(url, "a", turn)
-        return no_swap, after_swap
+        no_swap, after_swap = [], []
+        for _ in range(rounds):
+            first_token(url, "a", chat, max_tokens=8)  # the cache as the chat left it
+            no_swap.append(first_token(url, "a", turn))
+            first_token(url, "a", chat, max_tokens=8)
+            first_token(url, "b", "Hello")  # a is parked with its context (or its state)
+            after_swap.append(first_token(url, "a", turn))
+        return statistics.median(no_swap), statistics.median(after_swap)
     finally:
         proc.terminate()
         proc.wait()
@@ -154,6 +159,10 @@ def story_case() -> tuple[float, float]:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--swap"]:
+        no_swap, after_swap = swap_case()
+        print(f"swap: no swap {no_swap * 1000:.0f} ms, after {after_swap * 1000:.0f} ms: {after_swap / no_swap:.2f}x")
+        return
     no_swap, after_swap = swap_case()
     disk_base, disk_loaded, disk_cold = disk_case()
     below, full = story_case()

@@ -88,7 +88,7 @@ async def test_handles_are_stable_and_a_gone_handle_is_410() -> None:
     async with pool_app() as app, app.client() as c:
         loaded = (await c.post("/api/models/a/load", json={})).json()
         assert loaded["handle"] == "a@1" and loaded["state"] == "ready"
-        assert set(loaded["memory"]) == {"estimate", "measured", "gpu", "reserved", "kv_state"}
+        assert set(loaded["memory"]) == {"estimate", "measured", "gpu", "reserved", "kv_state", "kv_kept"}
         assert loaded["memory"]["gpu"] is None  # the launcher reports no GPU memory
         assert (await c.post("/m/a@1/api/v1/generate", json=BODY)).status_code == 200
         assert (await c.post("/api/models/b/load", json={})).status_code == 200  # evicts a@1

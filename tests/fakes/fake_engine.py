@@ -82,7 +82,7 @@ class FakeEngine:
     def on_token(self, index: int) -> None:
         pass
 
-    def park(self, keep_state_bytes: int = -1) -> int:
+    def park(self, keep_state_bytes: int = -1, keep_context: bool = False) -> int:
         self.parks += 1
         return 0
 

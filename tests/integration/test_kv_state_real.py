@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from warren.errors import WarrenError
 from warren.params import GenerationParams
 from warren.settings import ModelSettings
 from warren.worker import protocol as p
@@ -90,3 +91,62 @@ async def test_parallel_sequences_are_not_kept(model_path: Path) -> None:
         assert await handle.park() == 0
     finally:
         await handle.stop()
+
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Rss:"))
+
+
+async def test_a_worker_parked_with_its_context_resumes_it_with_the_same_cache_and_greedy_text(
+        worker: WorkerHandle) -> None:
+    """The pool's first choice when its budget has room: the context stays whole (~45 MiB of KV cache at 2,048
+    tokens), nothing is copied out or back, and the next turn finds its whole prefix in the cache."""
+    first = await run(worker, greedy(STORY))
+    turn = STORY + first.text + " The next day,"
+    plain = await run(worker, greedy(turn))
+    await run(worker, greedy(STORY))
+    loaded = rss(worker.pid)
+    kept = await worker.park(keep_context=True)
+    assert worker.parked_context and kept > 40 << 20  # the context's memory, which the pool counts
+    assert loaded - rss(worker.pid) > 60 << 20  # the weights' pages went back all the same
+    with pytest.raises(WarrenError, match="parked"):  # kept, not served: the pool gave its cores to another
+        await run(worker, greedy(STORY))
+    info = await worker.load()
+    assert info.extra["kv_state"]["from"] == "context"
+    assert info.extra["kv_state"]["tokens"] >= first.prompt_tokens
+    swapped = await run(worker, greedy(turn))
+    assert swapped.text == plain.text
+    assert swapped.cached_tokens == plain.cached_tokens
+
+
+async def test_a_context_larger_than_the_room_given_is_freed_and_its_state_kept(worker: WorkerHandle) -> None:
+    await run(worker, greedy(STORY))
+    kept = await worker.park(keep_state_bytes=20 << 20, keep_context=True)  # the context takes ~45 MiB
+    assert not worker.parked_context and 1 << 20 < kept <= 20 << 20
+    await worker.load()
+    again = await run(worker, greedy(STORY))
+    assert again.cached_tokens == again.prompt_tokens - 1
+
+
+async def test_dropping_a_kept_context_gives_its_memory_back(worker: WorkerHandle) -> None:
+    await run(worker, greedy(STORY))
+    await worker.park(keep_context=True)
+    parked = rss(worker.pid)
+    await worker.drop_state()
+    assert parked - rss(worker.pid) > 30 << 20
+    info = await worker.load()
+    assert "kv_state" not in info.extra
+    again = await run(worker, greedy(STORY))
+    assert again.cached_tokens == 0
+
+
+async def test_a_kept_context_of_another_shape_is_replaced(worker: WorkerHandle, model_path: Path) -> None:
+    before = await run(worker, greedy(STORY))
+    await worker.park(keep_context=True)
+    worker.settings = ModelSettings(name="smol", path=model_path, context_size=1024)
+    info = await worker.load()
+    assert info.n_ctx == 1024
+    again = await run(worker, greedy(STORY))
+    assert again.cached_tokens == 0 and again.text == before.text

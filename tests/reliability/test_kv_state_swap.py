@@ -1,5 +1,5 @@
 """A conversation survives a swap (issue 14), through a real server on the real model: with one model
-loaded at a time, a request to another model parks the first with its KV state (counted in the pool's
+loaded at a time, a request to another model parks the first with its context and KV cells (counted in the pool's
 budget, shown in ``/api/pool``), and the next turn on the first model finds its prefix in the cache and
 gives the same greedy text as without the swap."""
 
@@ -43,6 +43,7 @@ def test_a_swap_keeps_the_conversation_and_its_greedy_text(srv: Server) -> None:
     pool = srv.pool()
     a = next(i for i in pool["instances"] if i["name"] == "a")
     assert a["state"] == "parked" and a["memory"]["kv_state"] > 1 << 20
+    assert a["memory"]["kv_kept"] == "context"  # the budget has room: the whole context stays, nothing is copied
     assert pool["kv_state"] == a["memory"]["kv_state"] and a["memory"]["reserved"] > a["memory"]["kv_state"]
     swapped = complete(srv, "a", turn)
     assert swapped["choices"][0]["text"] == plain["choices"][0]["text"]

@@ -25,8 +25,9 @@ def _estimate_lines(est: MemoryEstimate) -> list[str]:
             f"  compute       {_mib(est.compute):>14}", f"  vocabulary    {_mib(est.vocabulary):>14}",
             f"  worker base   {_mib(est.worker_base):>14}",
             f"  total         {_mib(est.total):>14}", f"  parked        {_mib(est.parked):>14}  (kept by an evicted, parked instance)",
-            f"  + KV state    {_mib(est.kv_cache):>14}  (at most: a parked instance's saved conversation, "
-            "counted while kept, dropped first when the budget needs room)"]
+            f"  + context     {_mib(est.kv_cache + est.compute):>14}  (at most: a parked instance keeps its context "
+            "when the budget has room, else its conversation's KV state; counted while kept, dropped first when the "
+            "budget needs room)"]
 
 
 def window_note(info: GGUFInfo, est: MemoryEstimate) -> str | None:
@@ -103,7 +104,7 @@ def print_plan(plan: Plan, catalog: Catalog) -> None:
         flags = " pinned" if entry.pinned else ""
         print(f"  {entry.name:<28} total {_mib(e.total):>11}  (weights {_mib(e.weights)}, KV {_mib(e.kv_cache)}, "
               f"compute {_mib(e.compute)}, vocabulary {_mib(e.vocabulary)}, worker {_mib(e.worker_base)}; "
-              f"parked {_mib(e.parked)} + KV state up to {_mib(e.kv_cache if entry.settings and entry.settings.parallel <= 1 else 0)})"
+              f"parked {_mib(e.parked)} + its context, kept while there is room, up to {_mib(e.kv_cache + e.compute)})"
               f"{flags}")
         note = window_note(catalog.gguf_info(entry), e) if e.window_saving else None
         if note:

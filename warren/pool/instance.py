@@ -165,18 +165,25 @@ class ModelInstance:
         return await asyncio.shield(self._starting)
 
     @property
+    def offloaded(self) -> bool:
+        """Its layers are on a GPU: asked for (``--gpulayers``) and the worker's engine can offload."""
+        info = self.handle.model_info if self.handle is not None else None
+        return info is not None and info.gpu_offload and self.settings.gpu_layers > 0
+
+    @property
     def parked(self) -> bool:
         return self.state is InstanceState.PARKED and self.handle is not None and self.handle.alive
 
-    def park(self, keep_state_bytes: int = -1) -> Awaitable[int]:
-        """Parked from now on (no request or load sees it ready); the worker frees its context and
-        weights' pages when it gets to the returned request, keeping its KV state if it takes at most
+    def park(self, keep_state_bytes: int = -1, keep_context: bool = False) -> Awaitable[int]:
+        """Parked from now on (no request or load sees it ready); the worker gives back its weights' pages
+        when it gets to the returned request, and its context unless ``keep_context`` lets it keep the context
+        whole within ``keep_state_bytes`` — else it keeps its KV state if that takes at most
         ``keep_state_bytes`` (the request's result: the bytes kept). A later ``load`` resumes it: same worker,
-        same handle, a new context (with the state put back)."""
+        same handle, the same context or a new one (with the state put back)."""
         handle = self.require_ready()
         self.state = InstanceState.PARKED
         log.info("parking model=%s handle=%s pid=%s", self.name, self.handle_id, handle.pid)
-        return handle.park(keep_state_bytes)
+        return handle.park(keep_state_bytes, keep_context)
 
     async def drop_state(self) -> None:
         """A parked worker frees the KV state it kept."""
@@ -376,9 +383,7 @@ class ModelInstance:
             return
         async with self._cores_lock:  # the first request of the worker may wait for a core; the others join
             if self._cores_users == 0:
-                info = handle.model_info
-                offloaded = info is not None and info.gpu_offload and self.settings.gpu_layers > 0
-                share = self.compute.running_on(self.handle_id, 1 if offloaded else self.settings.threads,
+                share = self.compute.running_on(self.handle_id, 1 if self.offloaded else self.settings.threads,
                                                 lambda s: handle.set_threads(s.threads, s.cores))
                 await share.__aenter__()
                 self._cores_share = share

@@ -90,6 +90,10 @@ class Pool:
         self.heartbeat = heartbeat
         places = self.launcher.places
         self.park_evicted = park and not places
+        # A parked worker keeps its whole context when the budget has room for it: the conversation's cells
+        # stay where they are and the resume costs no new context (~45 ms and a state copy for the default
+        # model at 4,096 tokens); under pressure the context goes first (``drop_state``), as a state would.
+        self.keep_contexts = True
         # --kvcache-dir: stopped workers' KV states go to files there (warren/worker/kvfile.py); not memory
         self.disk_tier = (str(server.kvcache_dir), server.kvcache_bytes) if server.kvcache_dir else ("", 0)
         self.policy = PoolPolicy(self, budget=budget, nodes={} if places else None, max_models=max_models,
@@ -319,9 +323,11 @@ class Pool:
         try:
             if instance is None:
                 raise WarrenError(f"model {model!r} has no instance")
-            # Its KV state may take what the budget has left once it is parked (the policy counted that already).
+            # Its context, or else its KV state, may take what the budget has left once it is parked (the policy
+            # counted that already). Only a context in RAM stays whole: that is what the budget counts.
             room = max(0, self.policy.budget - self.policy.reserved)
-            request = instance.park(room)  # parked from now on, synchronously: nothing sees it ready any more
+            keep_context = self.keep_contexts and not instance.offloaded
+            request = instance.park(room, keep_context)  # parked from now on, synchronously: nothing sees it ready
         except WarrenError as exc:
             self._park_failed(model, exc)
             return
@@ -416,7 +422,8 @@ class Pool:
             self._park_failed(instance.name, exc)
             return
         if state_bytes:
-            log.info("parked with its KV state model=%s state_mib=%.1f", instance.name, state_bytes / 2**20)
+            kept = "context" if instance.handle is not None and instance.handle.parked_context else "KV state"
+            log.info("parked with its %s model=%s state_mib=%.1f", kept, instance.name, state_bytes / 2**20)
             self.policy.state_kept(instance.name, state_bytes)
         self.view.publish(instance, "parked")
         assert instance.handle is not None

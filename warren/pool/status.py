@@ -68,8 +68,10 @@ class StatusView:
                        "measured": pool.footprints.loaded.get(name) if resident else None,
                        "gpu": pool.footprints.gpu.get(name) if resident and pool.launcher.reports_gpu else None,
                        "reserved": resident.bytes if resident else 0,
-                       # a parked worker's saved KV state (part of "reserved"; warren/worker/kvstate.py)
-                       "kv_state": resident.state_bytes if resident else 0},
+                       # what a parked worker keeps of its conversation (part of "reserved"): its whole context,
+                       # or its saved KV state (warren/worker/kvstate.py); "kv_kept" says which
+                       "kv_state": resident.state_bytes if resident else 0,
+                       "kv_kept": _kept(inst, resident)},
             "in_flight": resident.in_flight if resident else 0,
             "pinned": bool(resident and resident.pinned) or bool(entry and entry.pinned),
             "keep_alive": keep,
@@ -104,3 +106,10 @@ class StatusView:
         extra = {"nodes": self.nodes()} if pool.launcher.places else {}
         return {**pool.policy.status(), **self.totals(), "active": pool.active_name, **extra,
                 "cores": pool.compute.cores, "instances": [self.describe(n) for n in names]}
+
+
+def _kept(inst: Any, resident: Any) -> str | None:
+    """``"context"`` or ``"state"`` for a parked worker that keeps its conversation; None otherwise."""
+    if resident is None or resident.phase is not InstanceState.PARKED or not resident.state_bytes:
+        return None
+    return "context" if inst is not None and inst.handle is not None and inst.handle.parked_context else "state"

@@ -230,8 +230,9 @@ class Worker:
             park = getattr(self.engine, "park", None)
             if park is None:
                 raise InvalidRequest("this worker's engine cannot park")
-            kept = park(frame.keep_state_bytes)
-            return p.Result(id=frame.id, value={"state_bytes": int(kept or 0)})
+            kept = park(frame.keep_state_bytes, frame.keep_context)
+            return p.Result(id=frame.id, value={"state_bytes": int(kept or 0),
+                                                "context": bool(getattr(self.engine, "parked_context", False))})
         if isinstance(frame, p.DropState):
             drop = getattr(self.engine, "drop_state", None)
             if drop is not None:

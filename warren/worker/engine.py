@@ -56,7 +56,7 @@ from warren.worker.antislop import MAX_REWINDS, PhraseGuard
 from warren.worker.batching import BatchRunner
 from warren.worker.embedding import Embedder
 from warren.worker.logprobs import LogprobReader
-from warren.worker.parking import drop_file_pages, trim_heap
+from warren.worker.parking import anonymous_resident, drop_file_pages, trim_heap
 from warren.worker.prefault import Prefault
 from warren.worker.stops import StopMatcher
 
@@ -225,6 +225,8 @@ class LlamaEngine:
         self.disk: tuple[Path, int] | None = None  # --kvcache-dir and its size bound (``kvfile.py``), if any
         self.restored: dict[str, Any] = {}  # where the last context's state came from, for the Ready frame
         self.entry_name = ""  # the catalog entry loaded (part of a disk file's key)
+        self.parked_context = False  # parked with its whole context kept (``park(keep_context=True)``)
+        self.anon_before_context = 0  # this process's anonymous resident bytes before the context was made
 
     @staticmethod
     def build_info() -> dict[str, Any]:
@@ -248,12 +250,27 @@ class LlamaEngine:
               ) -> ModelInfo:
         if self.model is None:
             self._load_model(settings, progress)
-        elif self.ctx is not None or self.model_key != _model_key(settings):
+        elif (self.ctx is not None and not self.parked_context) or self.model_key != _model_key(settings):
             raise WorkerLoadFailed("this worker holds another model already; a worker loads one model")
         else:
-            progress(1.0)  # resuming a parked model: only the context is new
+            progress(1.0)  # resuming a parked model: only the context is new — or not even that
+            if self._resume_context(settings):
+                return self._model_info()
         prefault.release()  # the context's KV cache, allocated next, takes the pre-faulted block
         return self._new_context(settings)
+
+    def _resume_context(self, settings: ModelSettings) -> bool:
+        """Resuming a worker parked with its context: the same context goes on, cells and all, when the settings
+        still give it the same shape; otherwise it is freed and a new one is made."""
+        if not self.parked_context:
+            return False
+        self.parked_context = False
+        if self.context_key[:-1] != kvstate.state_key(settings):  # (the last part: flash attention, as measured)
+            self._free_context()
+            return False
+        self.threads_applied = None  # the pool's share applies again from the next step
+        self.restored = {"from": "context", "tokens": len(self.cached)}
+        return True
 
     def _load_model(self, settings: ModelSettings, progress: Callable[[float], None]) -> None:
         mp = L.llama_model_default_params()
@@ -295,6 +312,7 @@ class LlamaEngine:
         if settings.rope_freq_scale > 0:
             cp.rope_freq_scale = settings.rope_freq_scale
         cp.no_perf = True
+        self.anon_before_context = anonymous_resident()
         self.ctx = L.llama_init_from_model(self.model, cp)
         self.threads_applied = None  # a new context runs settings.threads: the pool's share applies again
         self._close_runner()
@@ -309,8 +327,11 @@ class LlamaEngine:
             print(f"warren worker: llama.cpp cannot shift this model's cache ({Path(settings.path).name}): "
                   "a trimmed prompt is decoded again from the cut (no ContextShift)", file=sys.stderr, flush=True)
         self._restore_state(settings)
-        n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.eog_tokens = []  # found on first use (ban_eos): a vocabulary scan costs ~25 ms of every load
+        return self._model_info()
+
+    def _model_info(self) -> ModelInfo:
+        n_vocab = L.llama_vocab_n_tokens(self.vocab)
         template = L.llama_model_chat_template(self.model, None)
         return ModelInfo(
             n_ctx=self.n_ctx, n_ctx_train=L.llama_model_n_ctx_train(self.model), n_vocab=n_vocab,
@@ -344,28 +365,56 @@ class LlamaEngine:
         self.flash_measured = self.flash_known[key] = measured
         return measured.choice
 
-    def park(self, keep_state_bytes: int = -1) -> int:
-        """Free the context and the weights' pages; keep the model for a quick ``load`` later, and the cached
-        sequences' KV state when it takes at most ``keep_state_bytes`` (negative: any size). Returns the bytes kept."""
+    def park(self, keep_state_bytes: int = -1, keep_context: bool = False) -> int:
+        """Give back what a quick return does not need: the weights' pages and the embeddings context, and the
+        generation context unless ``keep_context`` allows keeping it whole (its measured bytes at most
+        ``keep_state_bytes``, negative: any size) — then a resume is instant and the conversation's cells stay
+        where they are. Otherwise the context is freed, keeping the cached sequences' KV state when it takes at
+        most ``keep_state_bytes``. Returns the bytes kept for the conversation (the context's or the state's)."""
         self.saved = None
         self._close_embedder()
+        if self.ctx is not None and keep_context:
+            size = self.context_bytes()
+            if keep_state_bytes < 0 or size <= keep_state_bytes:
+                self.parked_context = True
+                self._drop_weights_pages()
+                return size
         # One sequence only: with --parallelrequests the sequences share a unified cache, and a sequence put
         # back there was seen to give other greedy text than before the park (issue 14): not kept, for now.
         if self.ctx is not None and keep_state_bytes != 0 and self.parallel == 1:
             self.saved = kvstate.save(self.ctx, self.context_key, [(0, self.cached)], keep_state_bytes)
+        self._free_context()
+        self._drop_weights_pages()
+        return self.saved.nbytes if self.saved is not None else 0
+
+    def context_bytes(self) -> int:
+        """What the context holds in this process now (KV cache and compute buffers, as resident memory): the
+        anonymous resident bytes gained since just before it was made."""
+        return max(0, anonymous_resident() - self.anon_before_context)
+
+    def _free_context(self) -> None:
         self._close_runner()
         if self.ctx is not None:
             L.llama_free(self.ctx)
             self.ctx = None
+        self.parked_context = False
         self.cached = []
+
+    def _drop_weights_pages(self) -> None:
         trim_heap()
         if self.model_key and self.model_key[1] == L.LLAMA_LOAD_MODE_MMAP:
             drop_file_pages(Path(self.model_path))
-        return self.saved.nbytes if self.saved is not None else 0
 
     def drop_state(self) -> None:
-        """The pool needs the saved state's memory back (``DropState``): the next load decodes from scratch,
-        unless the disk tier keeps it (written there first: the file costs no memory)."""
+        """The pool needs the memory kept for the conversation back (``DropState``): the saved state, or the
+        context kept whole. The next load decodes from scratch, unless the disk tier keeps the state (written
+        there first: the file costs no memory)."""
+        if self.parked_context:
+            if self.disk is not None and self.parallel == 1:
+                state = kvstate.save(self.ctx, self.context_key, [(0, self.cached)], -1)
+                if state is not None:
+                    self._write_state(state)
+            self._free_context()
         if self.saved is not None and self.disk is not None:
             self._write_state(self.saved)
         self.saved = None
@@ -431,12 +480,17 @@ class LlamaEngine:
             return ""
         return (L.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
 
+    def _require_context(self) -> None:
+        """Parked (or never loaded), a worker decodes nothing, even with its context kept: the pool owns the
+        memory and cores it would take, and gave them to another model."""
+        if self.ctx is None or self.parked_context:
+            raise WorkerClosed("the model is parked: it needs a Load to get a context back")
+
     # -- embeddings (``warren/worker/embedding.py``) ----------------------------------------------------
     def embed(self, request: EmbedRequest) -> EmbeddingResult:
         """Every input of ``request`` in its own context (the generation's KV cache is left as it is), on the
         threads the generation context runs now (the pool's share)."""
-        if self.ctx is None:
-            raise WorkerClosed("the model is parked: it needs a Load to get a context back")
+        self._require_context()
         if self.embedder is None:
             self.embedder = Embedder(self.model, self.vocab, self.n_ctx,
                                      lambda text: self.tokenize(text, special=True, add_bos=True))
@@ -604,8 +658,7 @@ class LlamaEngine:
     # -- several requests at once (--parallelrequests) --------------------------------------------------
     def batch_runner(self) -> BatchRunner:
         """The sequences of this context stepped together (``warren/worker/batching.py``); made on first use."""
-        if self.ctx is None:
-            raise WorkerClosed("the model is parked: it needs a Load to get a context back")
+        self._require_context()
         if self.runner is None:
             self.runner = BatchRunner(self, self.parallel)
         return self.runner
@@ -669,8 +722,7 @@ class LlamaEngine:
 
     def generate(self, params: GenerationParams, emit: Callable[[str], None] | None,
                  cancelled: Callable[[], bool]) -> GenerationResult:
-        if self.ctx is None:  # parked (or never loaded): there is no context to decode with
-            raise WorkerClosed("the model is parked: it needs a Load to get a context back")
+        self._require_context()
         seed = params.seed if params.seed >= 0 else random.getrandbits(31)
         started = time.perf_counter()
         tokens = self._prepare_prompt(params)

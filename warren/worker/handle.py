@@ -104,6 +104,7 @@ class WorkerHandle:
         self.exited = asyncio.Event()
         self._generating: dict[int, GenerationParams] = {}  # Generate requests the worker has not ended
         self.crashed_during: GenerationParams | None = None  # the generation running when it crashed
+        self.parked_context = False  # the last park kept the whole context (``park``)
 
     # -- identity ------------------------------------------------------------------------------------
     @property
@@ -137,6 +138,7 @@ class WorkerHandle:
 
     async def load(self, prefault_bytes: int = 0, prefault_after: Sequence[int] = ()) -> ModelInfo:
         """``prefault_bytes``/``prefault_after``: see ``warren/worker/prefault.py``."""
+        self.parked_context = False
         frame = await self._request(p.Load(id=next(self._ids), settings=self.settings.as_wire(),
                                            prefault_bytes=prefault_bytes, prefault_after=list(prefault_after),
                                            kvcache_dir=self.disk_tier[0], kvcache_bytes=self.disk_tier[1]),
@@ -159,11 +161,15 @@ class WorkerHandle:
         self.threads = threads
         self.cores = cores
 
-    async def park(self, keep_state_bytes: int = -1) -> int:
-        """Ask the worker to free its context and weights' pages, keeping the model (``Park``), and its cached
-        sequences' KV state if it takes at most ``keep_state_bytes`` (negative: any). The state bytes kept."""
-        answer = await self._request(p.Park(id=next(self._ids), keep_state_bytes=keep_state_bytes), CALL_TIMEOUT)
+    async def park(self, keep_state_bytes: int = -1, keep_context: bool = False) -> int:
+        """Ask the worker to give back its weights' pages, keeping the model (``Park``): its context too when
+        ``keep_context`` and it takes at most ``keep_state_bytes`` (negative: any), else only its cached
+        sequences' KV state within that bound. The bytes kept for the conversation (``parked_context`` says
+        which)."""
+        answer = await self._request(p.Park(id=next(self._ids), keep_state_bytes=keep_state_bytes,
+                                            keep_context=keep_context), CALL_TIMEOUT)
         value = answer.value if isinstance(answer, p.Result) else None
+        self.parked_context = bool(value.get("context")) if isinstance(value, dict) else False
         return int(value.get("state_bytes", 0)) if isinstance(value, dict) else 0
 
     async def drop_state(self) -> None:

@@ -1,7 +1,8 @@
 """Shrinking a loaded worker to what a quick return needs: parking's memory side.
 
 A parked worker keeps its ``llama_model`` (tokenizer tables, tensor metadata: the ~90 ms of a load
-that is pure CPU) and gives back everything large: the context is freed by the engine, the heap's
+that is pure CPU) and gives back everything large: the context is freed by the engine (unless the pool
+has room for it: then it is kept whole, and counted, for an instant resume; ``engine.park``), the heap's
 free memory goes back to the system (``malloc_trim``), and the pages of the memory-mapped model file
 are unmapped from the process (``madvise(MADV_DONTNEED)``) — they stay in the page cache, so mapping
 them again on the first decode after resuming is cheap (~6 ms for the default model here), and they
@@ -62,3 +63,16 @@ def trim_heap() -> None:
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
         libc.malloc_trim(0)
+
+
+def anonymous_resident(status: str = "/proc/self/status") -> int:
+    """This process's anonymous resident bytes (heap and private mappings: a context's KV cache and compute
+    buffers, not the model file's pages); 0 where the kernel does not say."""
+    try:
+        with open(status) as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -61,11 +61,14 @@ class Load(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Park(Frame):
-    """Free the context and the weights' pages, keep the model; a later ``Load`` resumes it. The cached
-    sequences' KV state is kept too when it takes at most ``keep_state_bytes`` (negative: any size;
-    ``warren/worker/kvstate.py``). ``Result`` with ``{"state_bytes": kept}``."""
+    """Free the weights' pages, keep the model; a later ``Load`` resumes it. With ``keep_context`` the
+    generation context stays whole when it takes at most ``keep_state_bytes`` (the resume then costs nothing);
+    otherwise it is freed and the cached sequences' KV state is kept when it takes at most ``keep_state_bytes``
+    (negative: any size; ``warren/worker/kvstate.py``). ``Result`` with ``{"state_bytes": kept, "context":
+    whether the context was kept}``."""
 
     keep_state_bytes: int = -1
+    keep_context: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,7 +158,7 @@ function fillCard(card, m) {
       ${m.node && m.node !== "local" // on a cluster (warren --cluster): the node its worker runs (or last ran) on
         ? `<dt>node</dt><dd data-role="node" title="${escapeHtml(m.node)}">${escapeHtml(m.node.slice(0, 12))}</dd>` : ""}
       <dt>memory</dt><dd data-role="memory">estimate ${mib(est)} · ${m.state === "parked"
-        ? `parked ${mib(m.memory?.reserved)}${m.memory?.kv_state ? ` (KV state ${mib(m.memory.kv_state)})` : ""}`
+        ? `parked ${mib(m.memory?.reserved)}${m.memory?.kv_state ? ` (${m.memory.kv_kept === "context" ? "context" : "KV state"} ${mib(m.memory.kv_state)})` : ""}`
         : `measured ${loaded ? mib(m.memory?.measured) : "—"}`}</dd>
       <dt>load time</dt><dd>${m.load_seconds != null && loaded ? `${m.load_seconds.toFixed(2)} s` : "—"}</dd>
       <dt>requests</dt><dd>${m.in_flight || 0} in flight · ${m.queued || 0} queued</dd>
