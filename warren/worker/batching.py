@@ -39,9 +39,14 @@ from warren.worker.logprobs import LogprobReader
 from warren.worker.shift import shared_prefix
 from warren.worker.stops import StopMatcher
 
-STEP_STRETCH = 2.0  # a step that prefills may take this many times a decode-only step (the target: 3x at most)
-MIN_CHUNK = 4  # prompt tokens a prefilling sequence adds at least per step
-FIRST_CHUNK = 8  # ... and in its first step beside running streams, before the cost of a prompt token is known
+# A step that prefills may take this many times a decode-only step. The target is 3x at most for the longest
+# gap; single steps here run 2-3x the usual length now and then whatever the batch (a thread of the two
+# preempted: the supervisor and the clients share the cores), so the usual step keeps that much room.
+# Measured on the default model, three streams and a 2,000-token prompt: 2.0 gave a median gap of 2.1-2.4x
+# and 12-59 steps over 3x; 1.5 gives 1.5-1.8x and 2-4 (docs/benchmarks.md), and the prompt is read no slower.
+STEP_STRETCH = 1.5
+MIN_CHUNK = 2  # prompt tokens a prefilling sequence adds at least per step (~3 ms each, ~6 at 2,000 of depth)
+FIRST_CHUNK = 4  # ... and in its first step beside running streams, before the cost of a prompt token is known
 
 
 @dataclass(eq=False)
