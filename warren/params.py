@@ -46,6 +46,9 @@ class GenerationParams:
     json_schema: str = ""  # a JSON schema the output must follow (turned into GBNF in the worker)
     banned_strings: tuple[str, ...] = ()
     logit_bias: dict[int, float] = field(default_factory=dict)
+    token_bans: tuple[int, ...] = ()  # token ids never sampled (KoboldCpp's custom_token_bans)
+    bypass_eos: bool = False  # an end-of-generation token may be sampled but does not end the generation
+    render_special: bool = False  # special tokens' text (<|im_end|> …) appears in the output
     add_bos: bool = True  # prepend BOS when the model's tokenizer asks for it
     context_limit: int = 0  # 0: the model's context; KoboldCpp's max_context_length can lower it
     truncate_prompt: bool = False  # KoboldCpp drops the oldest prompt tokens; OpenAI refuses instead
@@ -82,6 +85,9 @@ class GenerationParams:
         bad = next((t for t in self.logit_bias if not 0 <= t < TOKEN_ID_LIMIT), None)
         if bad is not None:
             raise InvalidRequest(f"logit_bias key {bad} is not a token id", param="logit_bias")
+        bad = next((t for t in self.token_bans if not 0 <= t < TOKEN_ID_LIMIT), None)
+        if bad is not None:
+            raise InvalidRequest(f"custom_token_bans holds {bad}, which is not a token id", param="custom_token_bans")
 
     def as_wire(self) -> dict[str, Any]:
         data = asdict(self)
@@ -98,7 +104,7 @@ class GenerationParams:
         })
 
 
-_TUPLES = ("stop", "banned_strings", "dry_sequence_breakers", "sampler_order")  # lists on the wire
+_TUPLES = ("stop", "banned_strings", "dry_sequence_breakers", "sampler_order", "token_bans")  # lists on the wire
 
 
 @dataclass(frozen=True, slots=True)

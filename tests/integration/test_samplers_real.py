@@ -93,6 +93,32 @@ def test_a_banned_phrase_that_greedy_decoding_writes_never_appears(srv: Server) 
     assert all("united" not in p.lower() or "states" not in p.lower() for p in pieces)
 
 
+def test_custom_token_bans_keep_a_token_out_on_both_routes(srv: Server) -> None:
+    assert text(srv, FRANCE, **GREEDY).startswith(" Paris")
+    (paris,) = httpx.post(f"{srv.url}/api/extra/tokenize", json={"prompt": " Paris"}, timeout=30).json()["ids"]
+    assert " Paris" not in text(srv, FRANCE, **GREEDY, custom_token_bans=f"{paris},13")  # KoboldCpp's string form
+    r = httpx.post(f"{srv.url}/v1/completions", timeout=120, json={  # SillyTavern's route, KoboldCpp's field
+        "prompt": FRANCE, "max_tokens": 20, "temperature": 0, "custom_token_bans": str(paris)})
+    assert r.status_code == 200 and " Paris" not in r.json()["choices"][0]["text"]
+    bad = httpx.post(f"{srv.url}/api/v1/generate", json={"prompt": FRANCE, "custom_token_bans": "13,x"}, timeout=30)
+    assert bad.status_code == 400 and "custom_token_bans" in bad.text
+    outside = httpx.post(f"{srv.url}/api/v1/generate", json={"prompt": FRANCE, "custom_token_bans": "99999999"},
+                         timeout=30)
+    assert outside.status_code == 400 and "custom_token_bans" in outside.text
+
+
+CHAT = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"  # greedy: "The answer is: 4", then EOS
+
+
+def test_bypass_eos_goes_on_past_the_end_of_the_answer_and_render_special_shows_it(srv: Server) -> None:
+    plain = kobold(srv, CHAT, temperature=0, max_length=60)
+    assert plain["finish_reason"] == "stop"  # the premise: greedy decoding ends the answer with <|im_end|>
+    through = kobold(srv, CHAT, temperature=0, max_length=60, bypass_eos=True)
+    assert through["finish_reason"] == "length" and through["text"].startswith(plain["text"])
+    shown = kobold(srv, CHAT, temperature=0, max_length=60, bypass_eos=True, render_special=True)
+    assert shown["text"].startswith(plain["text"] + "<|im_end|>")
+
+
 def test_banned_phrase_on_the_openai_stream(srv: Server) -> None:
     client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
     stream = client.completions.create(model="any", prompt=FRANCE, max_tokens=40, temperature=0, stream=True,

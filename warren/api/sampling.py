@@ -98,6 +98,23 @@ class Samplers(BaseModel):
     banned_tokens: BannedList = Field(default_factory=list)
     banned_strings: BannedList = Field(default_factory=list)
     grammar: Grammar = ""
+    custom_token_bans: list[int] = Field(default_factory=list, max_length=4096)
+    bypass_eos: bool = False
+    render_special: bool = False
+
+    @field_validator("custom_token_bans", mode="before")
+    @classmethod
+    def _banned_ids(cls, value: Any) -> Any:
+        """KoboldCpp's form, comma-separated ids in a string ("" for none), or a list of ids."""
+        if value is None:
+            return []
+        if isinstance(value, str):
+            try:
+                return [int(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError("custom_token_bans is a comma-separated list of token ids, such as \"13,2\"") \
+                    from None
+        return value
 
     @field_validator("dry_sequence_breakers", mode="before")
     @classmethod
@@ -145,6 +162,9 @@ def sampler_fields(s: Samplers, n_ctx: int) -> dict[str, Any]:
         "stop": tuple(s.stop_sequence),
         "trim_stop": s.trim_stop,
         "ban_eos": s.ban_eos_token or s.use_default_badwordsids,
+        "token_bans": tuple(s.custom_token_bans),
+        "bypass_eos": s.bypass_eos,
+        "render_special": s.render_special,
         "grammar": s.grammar,
         "banned_strings": tuple(s.banned_tokens + s.banned_strings),
         "top_a": s.top_a,

@@ -242,13 +242,13 @@ class BatchRunner:
         if token is None:  # a grammar at its end: nothing more can follow
             self._end(slot, self._result(r, FinishReason.STOP))
             return
-        if L.llama_vocab_is_eog(engine.vocab, token):
+        if L.llama_vocab_is_eog(engine.vocab, token) and not r.params.bypass_eos:
             self._end(slot, self._result(r, FinishReason.STOP))
             return
         r.n_new += 1
         if r.reader is not None:
             r.logprobs.append(r.reader.entry(token))
-        shown = r.stops.feed(r.utf8.decode(engine._piece(token)))
+        shown = r.stops.feed(r.utf8.decode(engine._piece(token, r.params.render_special)))
         if shown and r.emit is not None:
             r.emit(shown)
         if r.stops.stopped:

@@ -3,8 +3,9 @@
 Why a context of its own rather than switching the generation context with ``llama_set_embeddings``: the
 generation context keeps the conversation's KV cache between requests (fast-forward, ContextShift, the
 state kept across parking), and an embedding batch must start from an empty cache. A separate context
-leaves the conversation's cache alone; it costs a KV cache the size of the longest input seen so far,
-made on first use and freed when the model is parked.
+leaves the conversation's cache alone. What stays between requests is at most a ``MIN_SIZE`` context (its
+KV cache and compute buffers: ~21 MiB for the default model, measured), made on first use and freed when the model
+is parked; a larger one, made for a long input, is freed when its request ends.
 
 - **Pooling**: the GGUF's own (``{arch}.pooling_type``: mean, CLS or last token for embedding models); a
   generative model declares none, and gets mean pooling, as llama-server's ``--pooling mean``. A reranker
@@ -84,13 +85,18 @@ class Embedder:
         self._ensure_size(max(len(s) for s in sequences), total, threads)
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
         start = 0
-        while start < len(sequences):
-            end, used = start, 0
-            while end < len(sequences) and end - start < SEQUENCES_PER_DECODE and used + len(sequences[end]) <= self.size:
-                used += len(sequences[end])
-                end += 1
-            self._decode(sequences[start:end], out[start:end], threads)
-            start = end
+        try:
+            while start < len(sequences):
+                end, used = start, 0
+                while end < len(sequences) and end - start < SEQUENCES_PER_DECODE and \
+                        used + len(sequences[end]) <= self.size:
+                    used += len(sequences[end])
+                    end += 1
+                self._decode(sequences[start:end], out[start:end], threads)
+                start = end
+        finally:
+            if self.size > MIN_SIZE:  # made for a long input: not kept, so what stays is small and known
+                self.close()
         if request.normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             out /= np.where(norms > 0, norms, 1.0)

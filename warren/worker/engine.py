@@ -571,11 +571,12 @@ class LlamaEngine:
             n = L.llama_detokenize(self.vocab, arr, len(ids), out, -n, False, True)
         return out.raw[:n].decode("utf-8", "replace")
 
-    def _piece(self, token: int) -> bytes:
-        n = L.llama_token_to_piece(self.vocab, token, self.piece_buf, 256, 0, False)
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        """The token's text; a special token's (``<|im_end|>``) only with ``special`` (``render_special``)."""
+        n = L.llama_token_to_piece(self.vocab, token, self.piece_buf, 256, 0, special)
         if n < 0:
             big = ctypes.create_string_buffer(-n)
-            n = L.llama_token_to_piece(self.vocab, token, big, -n, 0, False)
+            n = L.llama_token_to_piece(self.vocab, token, big, -n, 0, special)
             return big.raw[:n]
         return self.piece_buf.raw[:n]
 
@@ -589,6 +590,11 @@ class LlamaEngine:
         if outside:
             raise InvalidRequest(f"logit_bias token id {outside[0]} is outside the vocabulary [0, {n_vocab})",
                                  param="logit_bias")
+        outside = [t for t in params.token_bans if not 0 <= t < n_vocab]
+        if outside:
+            raise InvalidRequest(f"custom_token_bans token id {outside[0]} is outside the vocabulary [0, {n_vocab})",
+                                 param="custom_token_bans")
+        biases.update({t: float("-inf") for t in params.token_bans})
         gbnf = self._grammar(params)  # checked (and maybe refused) before anything is allocated
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         add = L.llama_sampler_chain_add
@@ -782,7 +788,7 @@ class LlamaEngine:
             else:
                 raise GrammarRejected("the grammar, with this request's banned tokens, allows no token to "
                                       "start with", param="grammar")
-            if is_eog(vocab, token):
+            if is_eog(vocab, token) and not params.bypass_eos:
                 reason = FinishReason.STOP
                 break
             made.append(token)
@@ -790,7 +796,7 @@ class LlamaEngine:
                 logprobs.append(reader.entry(token))
             if guard:
                 state = utf8.getstate()
-                safe, hit = guard.push(utf8.decode(self._piece(token)), state)
+                safe, hit = guard.push(utf8.decode(self._piece(token, params.render_special)), state)
                 if hit is not None:
                     banned_token = made[hit]
                     utf8.setstate(guard.rewind(hit))
@@ -806,7 +812,7 @@ class LlamaEngine:
                     continue
                 shown = stops.feed(safe)
             else:
-                shown = stops.feed(utf8.decode(self._piece(token)))
+                shown = stops.feed(utf8.decode(self._piece(token, params.render_special)))
             if shown and emit is not None:
                 emit(shown)
             if stops.stopped:
