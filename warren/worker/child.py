@@ -254,7 +254,7 @@ class Worker:
         embed = getattr(self.engine, "embed", None)
         if embed is None:
             raise InvalidRequest("this worker's engine cannot make embeddings")
-        r = embed(EmbedRequest.from_wire(frame.request))
+        r = embed(EmbedRequest.from_wire(frame.request), self.is_cancelled(frame.id))
         return p.Embeddings(id=frame.id, vectors=r.data, dim=r.dim, tokens=list(r.tokens), seconds=r.seconds)
 
     def streamer(self, request_id: int) -> Callable[[str], None]:

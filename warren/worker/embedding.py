@@ -29,7 +29,7 @@ import numpy as np
 
 from warren.bounds import EMBED_MAX_TOKENS
 from warren.embeddings import EmbeddingResult, EmbedRequest, Truncate
-from warren.errors import InvalidRequest, PromptTooLong, WarrenError
+from warren.errors import ClientGone, InvalidRequest, PromptTooLong, WarrenError
 
 SEQUENCES_PER_DECODE = 64  # sequences of one decode: well under llama.cpp's LLAMA_MAX_SEQ (256)
 MIN_SIZE = 512  # tokens: a context this large packs many short inputs (sentences) into one decode
@@ -75,7 +75,9 @@ class Embedder:
             self.ctx = None
             self.size = 0
 
-    def run(self, request: EmbedRequest, threads: int) -> EmbeddingResult:
+    def run(self, request: EmbedRequest, threads: int, cancelled: Callable[[], bool] = lambda: False
+            ) -> EmbeddingResult:
+        """``cancelled`` is looked at before each decode: a request whose client left ends there (``ClientGone``)."""
         started = time.perf_counter()
         sequences = [self._tokens(i, item, request.truncate) for i, item in enumerate(request.inputs)]
         total = sum(len(s) for s in sequences)
@@ -92,6 +94,8 @@ class Embedder:
                         used + len(sequences[end]) <= self.size:
                     used += len(sequences[end])
                     end += 1
+                if cancelled():
+                    raise ClientGone("the embeddings request was cancelled: its client left")
                 self._decode(sequences[start:end], out[start:end], threads)
                 start = end
         finally:

@@ -487,14 +487,15 @@ class LlamaEngine:
             raise WorkerClosed("the model is parked: it needs a Load to get a context back")
 
     # -- embeddings (``warren/worker/embedding.py``) ----------------------------------------------------
-    def embed(self, request: EmbedRequest) -> EmbeddingResult:
+    def embed(self, request: EmbedRequest, cancelled: Callable[[], bool] = lambda: False) -> EmbeddingResult:
         """Every input of ``request`` in its own context (the generation's KV cache is left as it is), on the
-        threads the generation context runs now (the pool's share)."""
+        threads the generation context runs now (the pool's share); ``cancelled`` is looked at before each
+        decode (the client left)."""
         self._require_context()
         if self.embedder is None:
             self.embedder = Embedder(self.model, self.vocab, self.n_ctx,
                                      lambda text: self.tokenize(text, special=True, add_bos=True))
-        return self.embedder.run(request, int(L.llama_n_threads(self.ctx)))
+        return self.embedder.run(request, int(L.llama_n_threads(self.ctx)), cancelled)
 
     def _close_embedder(self) -> None:
         if self.embedder is not None:

@@ -259,8 +259,16 @@ class WorkerHandle:
 
     async def embed(self, request: EmbedRequest) -> EmbeddingResult:
         """One ``Embed``, one ``Embeddings``: no timeout, as a generation has none (it runs on the worker's main
-        thread; the heartbeat still watches the worker, and a client that leaves does not stop it)."""
-        frame = await self._request(p.Embed(id=next(self._ids), request=request.as_wire()))
+        thread; the heartbeat still watches the worker). Cancelled here (the client left), it is cancelled in
+        the worker too, which stops before its next decode."""
+        request_id = next(self._ids)
+        try:
+            frame = await self._request(p.Embed(id=request_id, request=request.as_wire()))
+        except asyncio.CancelledError:
+            if self.alive and self.channel is not None:
+                with contextlib.suppress(ConnectionError, OSError):
+                    self.channel.send_nowait(p.Cancel(id=request_id))
+            raise
         assert isinstance(frame, p.Embeddings)
         return EmbeddingResult(frame.vectors, frame.dim, tuple(frame.tokens), frame.seconds)
 
