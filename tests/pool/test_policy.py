@@ -255,6 +255,22 @@ def test_parked_models_take_no_max_models_slot(fx: RecordingEffects) -> None:
     assert fx.take() == [("park", "b"), ("load", "a", ()), ("grant", 2, "a")]
 
 
+def test_a_parked_model_frees_no_slot_so_the_ready_one_is_parked_for_a_third(fx: RecordingEffects) -> None:
+    """Seen as a new user (two catalog entries beside the default model, --max-models 1): the parked model was
+    stopped as if it freed the one slot, and two models ended up loaded."""
+    p = PoolPolicy(fx, budget=8 * GB, max_models=1)
+    parkable(p, fx, "a", GB, GB // 4, now=0)
+    p.request(1, "b", GB, now=10, park_need=GB // 4)
+    assert fx.take() == [("park", "a"), ("load", "b", ()), ("grant", 1, "b")]
+    ready(p, "b", 11)
+    p.released("b", 11)
+    p.request(2, "c", GB, now=20, park_need=GB // 4)
+    assert fx.take() == [("park", "b"), ("load", "c", ()), ("grant", 2, "c")]
+    assert p.residents["a"].phase is InstanceState.PARKED  # memory was enough: it stays parked
+    assert choose_victims([Candidate("parked", GB, 0.0, 0.0, parked=True), Candidate("ready", GB, 5.0, 0.0)],
+                          need=GB, free=4 * GB, slots_free=0) == ["ready"]
+
+
 def test_a_parked_measurement_replaces_its_parked_bytes(fx: RecordingEffects) -> None:
     p = PoolPolicy(fx, budget=3 * GB)
     parkable(p, fx, "a", 2 * GB, GB // 2, now=0)
