@@ -150,3 +150,18 @@ async def test_a_kept_context_of_another_shape_is_replaced(worker: WorkerHandle,
     assert info.n_ctx == 1024
     again = await run(worker, greedy(STORY))
     assert again.cached_tokens == 0 and again.text == before.text
+
+
+async def test_a_kept_context_counts_its_kv_cache_also_when_the_load_prefaulted_it(model_path: Path) -> None:
+    """The pool's loads fault the KV cache's memory in beforehand (``warren/worker/prefault.py``): that block
+    is the context's too, and the bytes the park reports must hold it (seen: 13.8 MiB reported for a
+    4,096-token context)."""
+    handle = WorkerHandle(ModelSettings(name="smol", path=model_path, context_size=2048), heartbeat=False)
+    await handle.start()
+    try:
+        await handle.load(prefault_bytes=45 << 20)
+        await run(handle, greedy(STORY))
+        kept = await handle.park(keep_context=True)
+        assert handle.parked_context and kept > 40 << 20
+    finally:
+        await handle.stop()

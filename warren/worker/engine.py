@@ -257,7 +257,7 @@ class LlamaEngine:
             if self._resume_context(settings):
                 return self._model_info()
         prefault.release()  # the context's KV cache, allocated next, takes the pre-faulted block
-        return self._new_context(settings)
+        return self._new_context(settings, prefaulted=prefault.touched)
 
     def _resume_context(self, settings: ModelSettings) -> bool:
         """Resuming a worker parked with its context: the same context goes on, cells and all, when the settings
@@ -290,7 +290,9 @@ class LlamaEngine:
         self.vocabulary = None
         self.model_key, self.model_path = _model_key(settings), str(settings.path)
 
-    def _new_context(self, settings: ModelSettings) -> ModelInfo:
+    def _new_context(self, settings: ModelSettings, prefaulted: int = 0) -> ModelInfo:
+        """``prefaulted``: bytes of freed heap already resident that the KV cache's allocation takes (the
+        ``Prefault`` block), counted as the context's in ``context_bytes``."""
         cp = L.llama_context_default_params()
         cp.n_ctx = settings.context_size
         self.n_batch = settings.batch_size if settings.batch_size > 0 else 16  # KoboldCpp -1: no big batches
@@ -312,7 +314,7 @@ class LlamaEngine:
         if settings.rope_freq_scale > 0:
             cp.rope_freq_scale = settings.rope_freq_scale
         cp.no_perf = True
-        self.anon_before_context = anonymous_resident()
+        self.anon_before_context = anonymous_resident() - prefaulted
         self.ctx = L.llama_init_from_model(self.model, cp)
         self.threads_applied = None  # a new context runs settings.threads: the pool's share applies again
         self._close_runner()
