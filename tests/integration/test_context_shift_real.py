@@ -64,6 +64,19 @@ async def test_a_trimmed_prompt_shifts_the_cache_and_decodes_only_the_new_tokens
     assert 0 < decoded <= new + 2, (decoded, new)
 
 
+async def test_batched_sequences_shift_too(model_path: Path) -> None:
+    """--parallelrequests: the trimmed story is shifted in its own sequence of the shared cache."""
+    handle = await worker_for(model_path, parallel=2)
+    try:
+        await run(handle, greedy(story(0, 8)))
+        trimmed = await run(handle, greedy(story(3, 10)))
+        new = await count(handle, " " + " ".join(LINES[8:10]))
+        assert trimmed.cached_tokens > await count(handle, MEMORY) + 100
+        assert 0 < trimmed.prompt_tokens - trimmed.cached_tokens <= new + 2
+    finally:
+        await handle.stop()
+
+
 async def test_without_context_shift_the_trimmed_prompt_is_decoded_from_the_cut(model_path: Path) -> None:
     handle = await worker_for(model_path, context_shift=False)
     try:

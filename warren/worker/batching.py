@@ -19,7 +19,8 @@ How a step is built (``BatchRunner.step``):
 
 Each slot (sequence id) keeps the tokens whose K/V it holds, so a request that continues an earlier one
 (chat turns, stories) takes the slot with the longest shared prefix and decodes only the rest — what the
-single-sequence cache does for one user.
+single-sequence cache does for one user; a story trimmed at full context is shifted in its own sequence
+(ContextShift, ``warren/worker/shift.py``), the others' cells untouched.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import llama_cpp as L
 from warren.errors import Busy, InvalidRequest, WarrenError
 from warren.params import FinishReason, GenerationParams, GenerationResult, TokenLogprob
 from warren.worker.logprobs import LogprobReader
-from warren.worker.shift import shared_prefix
+from warren.worker.shift import dropped_span, shared_prefix, shift
 from warren.worker.stops import StopMatcher
 
 # A step that prefills may take this many times a decode-only step. The target is 3x at most for the longest
@@ -135,6 +136,10 @@ class BatchRunner:
         if not free:
             raise Busy("every sequence of this model is in use")
         slot = max(free, key=lambda s: shared_prefix(s.cached, tokens))
+        if engine.context_shift and (span := dropped_span(slot.cached, tokens)) is not None:
+            shifted = shift(engine.ctx, slot.seq_id, slot.cached, span)  # ContextShift, in this sequence alone
+            if shifted is not None:
+                slot.cached = shifted
         n_keep = min(shared_prefix(slot.cached, tokens), len(tokens) - 1)
         memory = L.llama_get_memory(engine.ctx)
         if not L.llama_memory_seq_rm(memory, slot.seq_id, n_keep, -1):
