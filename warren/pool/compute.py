@@ -92,6 +92,8 @@ class ComputeShares:
         self.shares: dict[str, Share] = {}  # the current assignment of every running worker
         self._tell: dict[str, Callable[[Share], None]] = {}
         self._turn: asyncio.TimerHandle | None = None  # the next passing of turns, while they are taken
+        self.idle = asyncio.Event()  # set while no worker generates (the warm spare waits for it)
+        self.idle.set()
 
     @contextlib.asynccontextmanager
     async def running_on(self, key: str, ceiling: int, tell: Callable[[Share], None]) -> AsyncIterator[Share]:
@@ -100,6 +102,7 @@ class ComputeShares:
         turn before decoding) and again whenever its share changes while others come and go or turns pass."""
         self.running[key] = ceiling
         self._tell[key] = tell
+        self.idle.clear()
         self._reassign()
         try:
             yield self.shares[key]
@@ -108,6 +111,8 @@ class ComputeShares:
             del self._tell[key]
             self.shares.pop(key, None)
             self._reassign()
+            if not self.running:
+                self.idle.set()
 
     def _pass_turn(self) -> None:
         """The worker that has run longest goes to the back of the turn order."""

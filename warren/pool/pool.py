@@ -115,7 +115,7 @@ class Pool:
         self.meter = MemoryMeter(self.launcher, self.clock, self.tasks, residents=self.policy.residents,
                                  instances=self.instances, record=self._measured)
         self.spare = WarmSpare(self.launcher, self.clock, self.tasks, enabled=warm_spare and not places,
-                               heartbeat=heartbeat,
+                               heartbeat=heartbeat, idle=self.compute.idle,
                                room=lambda: self.policy.budget - self.policy.reserved)
         self.view = StatusView(self)
         self._tickets: dict[int, asyncio.Future[Resident | None]] = {}

@@ -4,8 +4,12 @@ A worker's start — interpreter, imports, llama-cpp-python — takes ~0.3 s of 
 after it ~0.1 s for the default model. So after each load the pool starts one worker that has imported
 its engine and loaded nothing, and the next load adopts it (``take``).
 
-- **Later, not now.** It starts ``SPARE_DELAY`` after the load that asked for it: its start takes a
-  core, which would slow the first request on the model just loaded.
+- **Later, not now.** It starts ``SPARE_DELAY`` after the load that asked for it, and then only once no
+  worker is generating (``ComputeShares.idle``; at most ``IDLE_WAIT`` later): its start takes a core for
+  ~0.4 s, and on a 2-core machine a generation beside it takes about twice as long (a scripted chat, the
+  20-token turn after a swap: 434-458 ms with the spare starting beside it, 199-225 ms without). Waiting for
+  no generation moves the start into the time between requests; a client that sends its next request at
+  once still meets it on that request (419-444 ms, once).
 - **Inside the budget.** It starts only when the budget has room for an idle worker
   (``WORKER_BASE_BYTES``); it is not reserved, since the load that adopts it counts it in its own
   reservation, and the status shows its measured size as ``spare``. When the reservations leave no room
@@ -20,6 +24,7 @@ its engine and loaded nothing, and the next load adopts it (``take``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -35,22 +40,25 @@ from warren.worker.launcher import Launcher
 log = logging.getLogger(__name__)
 
 SPARE_DELAY = 0.2  # seconds after a load before the next warm spare starts (let its first request run)
+IDLE_WAIT = 30.0  # seconds the spare waits at most for no worker to be generating, then starts anyway
 
 
 class WarmSpare:
     def __init__(self, launcher: Launcher, clock: Clock, tasks: TaskSet, *, enabled: bool, heartbeat: bool,
-                 room: Callable[[], int]) -> None:
-        """``room``: bytes of the budget not reserved now."""
+                 room: Callable[[], int], idle: asyncio.Event | None = None) -> None:
+        """``room``: bytes of the budget not reserved now; ``idle``: set while no worker generates."""
         self.launcher = launcher
         self.clock = clock
         self.tasks = tasks
         self.enabled = enabled
         self.heartbeat = heartbeat
         self.room = room
+        self.idle = idle
         self.handle: WorkerHandle | None = None  # the idle worker, once started
         self.task: asyncio.Task[None] | None = None  # the one starting it
         self.measured = 0  # its footprint, measured when it started
         self._starting = False  # past the delay: its worker is on its way
+        self.waiting_for_idle = False  # past the delay, waiting for no worker to be generating
 
     @property
     def bytes(self) -> int:
@@ -66,6 +74,13 @@ class WarmSpare:
 
     async def _start(self) -> None:
         await self.clock.sleep(SPARE_DELAY)
+        if self.idle is not None and not self.idle.is_set():
+            self.waiting_for_idle = True
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.idle.wait(), IDLE_WAIT)
+            finally:
+                self.waiting_for_idle = False
         if self.room() < WORKER_BASE_BYTES:
             return  # no room in the budget for an idle worker: loads start cold instead
         self._starting = True
