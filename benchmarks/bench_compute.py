@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import server  # noqa: E402
 from llama_tools import tools_dir  # noqa: E402
 
 from warren.default_model import default_model_path  # noqa: E402
@@ -52,30 +52,12 @@ DEPTHS = (0, 1000, 2000)
 FILLER = "The sea was calm and the sky was grey over the harbour, where the boats rocked slowly. "
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Warren:
     """A warren server of this benchmark's own."""
 
     def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "warren", *args, "--port", str(self.port),
-                                      "--no-warm-spare"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc, self.url = server.start(*args, "--no-warm-spare")
         self.client = httpx.Client(base_url=self.url, timeout=300)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                self.client.get("/api/pool")
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("warren did not start")
 
     def generate(self, prompt: str, tokens: int, prefix: str = "") -> dict:
         r = self.client.post(f"{prefix}/api/v1/generate", json={"prompt": prompt, "max_length": tokens,

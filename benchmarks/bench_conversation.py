@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import server  # noqa: E402
 
 from warren.default_model import default_model_path  # noqa: E402
 
@@ -46,30 +48,12 @@ def line(i: int) -> str:
             f"{i % 7 + 2} gulls and caught {i + 2} silver fish before the tide turned.")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def serve(models: dict[str, int], *args: str, folder: Path | None = None) -> tuple[subprocess.Popen[str], str]:
+def serve(models: dict[str, int], *args: str, folder: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
     folder = folder or Path(tempfile.mkdtemp(prefix="warren-bench-"))
     model = default_model_path()
     for name, ctx in models.items():
         (folder / f"{name}.kcpps").write_text(json.dumps({"model_param": str(model), "contextsize": ctx}))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "warren", "--nomodel", "--models-dir", str(folder), *args,
-                             "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            httpx.get(f"{url}/api/pool", timeout=5)
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("warren did not start")
+    return server.start("--nomodel", "--models-dir", str(folder), *args)
 
 
 def first_token(url: str, model: str, prompt: str, max_tokens: int = 1) -> float:

@@ -40,18 +40,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from loops import BareLoop, HighLevel  # noqa: E402
+from server import free_port  # noqa: E402
 
 from warren.default_model import default_model_path  # noqa: E402
 
 PROMPT = "{i}. Once upon a time, in a quiet village by the sea,"
 THREADS = 2
 CTX = 2048
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_warren(model: Path, port: int) -> subprocess.Popen[bytes]:

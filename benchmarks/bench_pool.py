@@ -33,6 +33,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import server  # noqa: E402
 
 from warren.default_model import default_model_path  # noqa: E402
 
@@ -40,27 +43,8 @@ CTX = 2048
 MIB = 2**20
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start(folder: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "warren", "--nomodel", "--admin", "--admindir", str(folder),
-                             "--memory-budget", "300M", "--port", str(port), *extra], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            httpx.get(f"{url}/ping", timeout=1)
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError("warren did not start")
+    return server.start("--nomodel", "--admin", "--admindir", str(folder), "--memory-budget", "300M", *extra)
 
 
 def first_token(client: httpx.Client, model: str) -> float:

@@ -244,13 +244,19 @@ def test_parked_models_expire_and_unload_like_idle_ones(fx: RecordingEffects) ->
     assert fx.take() == [("stop", "b", "unload requested")]
 
 
-def test_parked_models_take_no_max_models_slot(fx: RecordingEffects) -> None:
+def a_parked_for_b(fx: RecordingEffects) -> PoolPolicy:
+    """One slot (``--max-models 1``), room for much more: ``a`` loaded, then parked for ``b``, which is idle."""
     p = PoolPolicy(fx, budget=8 * GB, max_models=1)
     parkable(p, fx, "a", GB, GB // 4, now=0)
     p.request(1, "b", GB, now=10, park_need=GB // 4)
     assert fx.take() == [("park", "a"), ("load", "b", ()), ("grant", 1, "b")]
     ready(p, "b", 11)
     p.released("b", 11)
+    return p
+
+
+def test_parked_models_take_no_max_models_slot(fx: RecordingEffects) -> None:
+    p = a_parked_for_b(fx)
     p.request(2, "a", GB, now=20)  # resuming a needs the one slot: b is parked for it
     assert fx.take() == [("park", "b"), ("load", "a", ()), ("grant", 2, "a")]
 
@@ -258,12 +264,7 @@ def test_parked_models_take_no_max_models_slot(fx: RecordingEffects) -> None:
 def test_a_parked_model_frees_no_slot_so_the_ready_one_is_parked_for_a_third(fx: RecordingEffects) -> None:
     """Seen as a new user (two catalog entries beside the default model, --max-models 1): the parked model was
     stopped as if it freed the one slot, and two models ended up loaded."""
-    p = PoolPolicy(fx, budget=8 * GB, max_models=1)
-    parkable(p, fx, "a", GB, GB // 4, now=0)
-    p.request(1, "b", GB, now=10, park_need=GB // 4)
-    assert fx.take() == [("park", "a"), ("load", "b", ()), ("grant", 1, "b")]
-    ready(p, "b", 11)
-    p.released("b", 11)
+    p = a_parked_for_b(fx)
     p.request(2, "c", GB, now=20, park_need=GB // 4)
     assert fx.take() == [("park", "b"), ("load", "c", ()), ("grant", 2, "c")]
     assert p.residents["a"].phase is InstanceState.PARKED  # memory was enough: it stays parked
