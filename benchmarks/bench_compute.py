@@ -1,7 +1,7 @@
 """Compute under load (issue 13): several models and several users at once, and speed at depth, each side by
 side with its reference in one run.
 
-Run:  .venv/bin/python benchmarks/bench_compute.py [--runs 3] [--tokens 128]
+Run:  .venv/bin/python benchmarks/bench_compute.py [--runs 3] [--tokens 128] [--reps 3] [--cases two,four,depth]
 
 On the default model (SmolLM2-135M-Instruct Q4_1), greedy, EOS banned so every run makes exactly N tokens:
 
@@ -208,31 +208,44 @@ def batched_bench(model: Path) -> float:
 
 
 # -- 3. speed at depth -------------------------------------------------------------------------------------
-def at_depth(model: Path, runs: int, n: int) -> dict[int, tuple[float, float, float]]:
-    """Per depth, medians over ``runs`` rounds of (warren, llama-bench fa off, fa on); each round runs
-    llama-bench at that depth and then warren, so both sides share the same minute of the machine's drift."""
+def at_depth(model: Path, runs: int, n: int, reps: int) -> dict[int, tuple[float, float, float]]:
+    """Per depth, medians over ``runs`` rounds of (warren, llama-bench fa off, fa on) (``depth_rounds``)."""
     srv = Warren(str(model), "--contextsize", "4096")
     try:
-        results = {}
-        for depth in DEPTHS:
-            prompt = prompt_of(srv, depth)
-            srv.generate(prompt, 4)  # the prompt is cached from here on: what is timed is generation
-            ours: list[float] = []
-            llama: dict[bool, list[float]] = {False: [], True: []}
-            for _ in range(runs):
-                settle()
-                bench = subprocess.run([str(tools_dir() / "llama-bench"), "-m", str(model), "-t", "2", "-fa", "0,1",
-                                        "-d", str(depth), "-p", "0", "-n", str(n), "-r", "1", "-o", "json"],
-                                       capture_output=True, text=True, check=True).stdout
-                for row in json.loads(bench):
-                    llama[bool(row["flash_attn"])].append(row["avg_ts"])
-                settle()
-                srv.generate(prompt, n)
-                ours.append(srv.client.get("/api/extra/perf").json()["last_eval_speed"])
-            results[depth] = (statistics.median(ours), statistics.median(llama[False]), statistics.median(llama[True]))
-        return results
+        return {depth: depth_rounds(srv, model, depth, runs, n, reps) for depth in DEPTHS}
     finally:
         srv.stop()
+
+
+def depth_rounds(srv: Warren, model: Path, depth: int, runs: int, n: int, reps: int) -> tuple[float, float, float]:
+    """Each round runs both sides back to back — llama-bench first in even rounds, warren first in odd ones —
+    so that both share the same minute of the machine's drift and neither always gets the fresher one; each
+    side times ``reps`` generations a round (llama-bench's ``-r``), as a single 1-2 s figure here moves by up
+    to 20%."""
+    prompt = prompt_of(srv, depth)
+    srv.generate(prompt, 4)  # the prompt is cached from here on: what is timed is generation
+    ours: list[float] = []
+    llama: dict[bool, list[float]] = {False: [], True: []}
+
+    def bench() -> None:
+        out = subprocess.run([str(tools_dir() / "llama-bench"), "-m", str(model), "-t", "2", "-fa", "0,1",
+                              "-d", str(depth), "-p", "0", "-n", str(n), "-r", str(reps), "-o", "json"],
+                             capture_output=True, text=True, check=True).stdout
+        for row in json.loads(out):
+            llama[bool(row["flash_attn"])].append(row["avg_ts"])
+
+    def warren() -> None:
+        speeds = []
+        for _ in range(reps):
+            srv.generate(prompt, n)
+            speeds.append(srv.client.get("/api/extra/perf").json()["last_eval_speed"])
+        ours.append(statistics.mean(speeds))  # as llama-bench's avg_ts
+
+    for i in range(runs):
+        for side in (bench, warren) if i % 2 == 0 else (warren, bench):
+            settle()
+            side()
+    return statistics.median(ours), statistics.median(llama[False]), statistics.median(llama[True])
 
 
 def prompt_of(srv: Warren, depth: int) -> str:
@@ -248,6 +261,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3, help="generations timed per side in each round of the depth rows")
     ap.add_argument("--cases", default="two,four,depth", help="which cases to run (comma-separated)")
     args = ap.parse_args()
     cases = set(args.cases.split(","))
@@ -274,7 +288,7 @@ def main() -> None:
               f"out | {max(g.longest_clean for g in gaps):.2f}x | nothing arriving: "
               f"{max(g.longest_clean for g in floor):.2f}x | <= 3x |", flush=True)
     if "depth" in cases:
-        for d, (ours, off, on) in at_depth(model, args.runs, args.tokens).items():
+        for d, (ours, off, on) in at_depth(model, args.runs, args.tokens, args.reps).items():
             best = max(off, on)
             print(f"| generation at depth {d}: tokens/s | {ours:.1f} ({ours / best:.2f}x) | llama-bench fa off "
                   f"{off:.1f}, on {on:.1f} | >= 0.95x best |", flush=True)
