@@ -13,9 +13,12 @@ On the default model (SmolLM2-135M-Instruct Q4_1), greedy, EOS banned so every r
 2. **Four users on one model.** ``--parallelrequests 4``: four concurrent requests of N tokens, aggregate
    tokens/s vs one request alone; beside it, llama.cpp's own batched limit on this machine
    (``llama-batched-bench``, B=4 vs B=1, generation speed). Then the longest gap between two tokens of a
-   running stream while another request's 2,000-token prompt is read, over that stream's median gap.
+   running stream while another request's 2,000-token prompt is read, over that stream's median gap; and
+   the same with the gaps left out that had a burst of the machine's own work inside them (busy kernel
+   threads, host steal: ``housekeeping.py``), which stalls llama.cpp's barrier whatever warren does.
 3. **Speed at depth.** Generation tokens/s after 0, 1,000 and 2,000 tokens of context, warren's default
-   (flash attention as measured at load) vs ``llama-bench`` with the better of ``-fa 0`` and ``-fa 1``.
+   (flash attention as measured at load) vs ``llama-bench`` with the better of ``-fa 0`` and ``-fa 1``, in
+   rounds that alternate which side goes first, ``--reps`` generations a side each.
 
 llama.cpp's tools are built from the pinned engine's sources (``benchmarks/llama_tools.py``).
 Prints a Markdown table (paste it into docs/benchmarks.md with the date and machine).
