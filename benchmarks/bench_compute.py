@@ -198,7 +198,7 @@ def describe(runs: list[Gaps]) -> str:
     """Every run's longest gap, then the medians of the rest."""
     longest = ", ".join(f"{g.longest:.2f}x" for g in runs)
     return (f"{longest} (p99 {statistics.median(g.p99 for g in runs):.2f}x; over 3x: "
-            f"{sum(g.over for g in runs)}, of which {sum(g.kernel_over for g in runs)} with the kernel's burst)")
+            f"{sum(g.over for g in runs)}, of which {sum(g.kernel_over for g in runs)} with the machine's own work in them)")
 
 
 def batched_bench(model: Path) -> float:

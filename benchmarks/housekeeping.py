@@ -1,22 +1,21 @@
-"""The machine's own work — busy kernel threads and the host's steal time — measured, so that a benchmark can tell a stall it causes from one
-that warren causes (never imported by warren).
+"""The machine's own work (busy kernel threads, the host's steal time), measured so that a benchmark can
+tell a stall it causes from one that warren causes (never imported by warren).
 
 Why: on this workplace's VMs a kernel thread, ``kdamond`` (DAMON's page-out scan: physical-address
-monitoring, a 5 s aggregation interval, a quota of 800 ms a second), takes one of the two cores for
-20-60 ms about every 5.2 s. The kernel is built ``PREEMPT_NONE``, so nothing interrupts it there. llama.cpp's
-compute threads meet at a barrier after every operation, so a decode step that such a burst lands in waits
-for all of it: measured in a bare ``llama_decode`` loop with no server at all (2 threads, 3,000-4,000
-one-token steps), 13 of the 14 steps over 3x the median in one run each had 14-57 ms of ``kdamond`` inside
-it, and the thread that waited showed the same time as run-queue delay; in another, one of six had host steal
-time instead. Neither ``nice -10``,
-a shorter OpenMP spin before sleeping, nor moving the waiting thread to the other core by hand shortened them
-(two spinning threads on one core are slower still); a passive OpenMP wait does, at 2.5x the time of every
-step. One thread (the other core left free for the kernel) shows none.
+monitoring, a 5 s aggregation interval, a quota of 800 ms a second), takes one of the two cores for 15-60 ms
+about every 5.2 s. The kernel is built ``CONFIG_PREEMPT_NONE``, and ``nice -10`` did not shorten these
+stalls, so nothing interrupts it there. llama.cpp's compute threads meet at a barrier after every operation,
+so a decode step that such a burst lands in waits for all of it. Measured in a bare ``llama_decode`` loop
+with no server at all (2 threads, 3,000-4,000 one-token steps): in one run 13 of the 14 steps over 3x the
+median each had 14-57 ms of ``kdamond`` inside it, and the waiting thread showed the same time as run-queue
+delay; in another, one of the six printed had host steal time instead. Neither ``nice -10``, a shorter
+OpenMP spin before sleeping, nor moving the waiting thread to the other core by hand shortened them (two
+spinning threads on one core are slower still); a passive OpenMP wait does, at 2.5x the time of every step.
 
 What is measured: the CPU time of the kernel threads that have used at least ``BUSY_SHARE`` of one CPU since
 boot (here ``kdamond.0`` and ``rcu_preempt``; the other 50-odd kernel threads are idle), read from
 ``/proc/<pid>/schedstat`` whenever the benchmark asks, plus the steal time in ``/proc/stat`` (the host ran
-something else on one of this VM's CPUs; 10 ms ticks) — three small reads, so it can be asked at every token.
+something else on one of this VM's CPUs; 10 ms ticks): three small reads, so it can be asked at every token.
 """
 
 from __future__ import annotations
