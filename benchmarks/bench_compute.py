@@ -249,7 +249,7 @@ def depth_rounds(model: Path, depth: int, prompt: str, runs: int, n: int, reps: 
     llama-bench first in even rounds, warren first in odd ones — so that both share the same minute of the
     machine's drift and neither always gets the fresher one; each side times ``reps`` generations a round
     (llama-bench's ``-r``), as a single 1-2 s figure here moves by up to 20%. Each side is a new process every
-    round, as llama-bench is: two processes doing the same decodes differ by up to 5-8% here for as long as
+    round, as llama-bench is: two processes doing the same decodes differ by up to ~8% here for as long as
     they live (where their memory landed), so one warren for all rounds would be one draw against many."""
     rounds: list[tuple[float, float, float]] = []
 
@@ -332,6 +332,7 @@ def main() -> None:
                   f">= 0.95x |", flush=True)
         print("\nraw depth rounds (warren, llama-bench fa off, fa on):",
               json.dumps({d: [[round(x, 1) for x in r] for r in row.rounds] for d, row in rows.items()}))
+
 
 if __name__ == "__main__":
     main()

@@ -2,9 +2,9 @@
 
 Why: which is faster depends on the CPU and the model, not on a rule. On this workplace's Intel Xeon
 machines flash attention made the default model's decode 2.8x slower at 2,000 tokens of context (46.8 vs
-16.9 tokens/s with ``llama-bench -fa 0,1``); on its AMD EPYC machines it is about 8% faster at depth 0 and
-about 7% slower at 2,000 (``docs/benchmarks.md``), and for Gemma 3 270M about even. llama.cpp's "auto" turns it on wherever the
-backend supports it; KoboldCpp leaves it off. warren measures instead:
+16.9 tokens/s with ``llama-bench -fa 0,1``); on its AMD EPYC machines it is about 8% faster at depth 0
+and about 7% slower at 2,000 (``docs/benchmarks.md``), and for Gemma 3 270M about even. llama.cpp's "auto"
+turns it on wherever the backend supports it; KoboldCpp leaves it off. warren measures instead:
 
 - ``--flashattention`` forces it on, ``--noflashattention`` forces it off (settings ``"on"``/``"off"``).
 - Otherwise (``"auto"``), on a CPU the worker measures decode speed at ``PROBE_DEPTH`` tokens of context
